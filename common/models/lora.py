@@ -64,6 +64,7 @@ class SplitQKV(nn.Module):
                     lin.bias.copy_(fused.bias[idx])
             linears.append(lin)
         self.q, self.k, self.v = linears
+        self.in_features, self.out_features = fused.in_features, fused.out_features
         order = torch.cat(rows)
         identity = bool(torch.equal(order, torch.arange(len(order))))
         # position of each fused output feature within cat(q, k, v); None when the layout is [q|k|v].

@@ -1,0 +1,108 @@
+"""Every bundle through `python -m monai.bundle run`: train 1 epoch -> evaluate -> inference, on real MRI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SHARED
+
+BUNDLES = sorted(d for d in os.listdir(os.path.join(ROOT, "bundles")) if not d.startswith("_")
+                 and os.path.isdir(os.path.join(ROOT, "bundles", d)))
+SCHEMA = os.path.join(SHARED, "zoo", "meta_schema_20240725.json")
+
+
+def bundle_run(bundle, configs, *args, cwd=None):
+    files = [os.path.join(ROOT, "bundles", bundle, "configs", c) for c in configs]
+    config = files[0] if len(files) == 1 else str(files)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or ROOT, timeout=900)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def test_bundles_are_generated_from_the_template():
+    assert BUNDLES == ["demo_student", "demo_teacher"]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_bundles.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_file_set_and_metadata_schema(bundle):
+    root = os.path.join(ROOT, "bundles", bundle)
+    for rel in ("configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/evaluate.json",
+                "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt",
+                "LICENSE", "large_files.yml"):
+        assert os.path.isfile(os.path.join(root, rel)), rel
+    if not os.path.isfile(SCHEMA):
+        pytest.skip(f"model-zoo schema copy not found at {SCHEMA}")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=os.path.join(root, "configs", "metadata.json"), filepath=SCHEMA)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path):
+    common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "64", "--batch_size", "2"]
+    tracking = ["--tracking", "mlflow"] if bundle.endswith("student") else []
+    train = ok(bundle_run(bundle, ["train.json"], "--epochs", "1", *common, *tracking))
+    assert "val_mean_dice" in train.stdout + train.stderr
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+    if bundle.endswith("teacher"):
+        assert (models / "model_merged.pt").is_file()
+        assert (models / "model.pt").stat().st_size < (models / "model_merged.pt").stat().st_size / 2
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+        runs = mlflow.search_runs(search_all_experiments=True)
+        assert len(runs) >= 1 and "metrics.train_loss" in runs.columns
+
+    ok(bundle_run(bundle, ["train.json", "evaluate.json"], *common))
+    report = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert set(report["per_class"]) == {"grey_matter", "white_matter"}
+    assert 0.0 <= report["mean_dice"] <= 1.0 and report["mean_hd95"] > 0 and report["images"] > 0
+
+    ok(bundle_run(bundle, ["inference.json"], "--dataset_dir", demo_small, "--bundle_root", str(tmp_path),
+                  "--image_size", "64"))
+    test_items = json.load(open(os.path.join(demo_small, "datalist.json")))["test"]
+    predictions = sorted(os.listdir(tmp_path / "eval" / "predictions"))
+    assert len(predictions) == len(test_items)
+    import nibabel as nib
+    import numpy as np
+
+    seg = np.asarray(nib.load(str(tmp_path / "eval" / "predictions" / predictions[0])).dataobj)
+    assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1, 2}
+
+
+def test_student_training_resumes(demo_small, tmp_path):
+    common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "64", "--batch_size", "4"]
+    ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", *common))
+    second = ok(bundle_run("demo_student", ["train.json"], "--epochs", "2", *common))
+    log = second.stdout + second.stderr
+    assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log.split("resuming from")[1].split("SupervisedEvaluator")[0]
+    assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_bad_input_gives_one_clear_error(demo_small, tmp_path):
+    missing_sam = bundle_run("demo_teacher", ["train.json"], "--teacher", "vit_b", "--sam_checkpoint",
+                             str(tmp_path / "sam_vit_b_01ec64.pth"), "--dataset_dir", demo_small,
+                             "--bundle_root", str(tmp_path), "--epochs", "1")
+    assert missing_sam.returncode != 0
+    assert "tskd error: SAM vit_b checkpoint not found" in missing_sam.stderr
+    assert "sam_vit_b_01ec64.pth" in missing_sam.stderr and "Traceback" not in missing_sam.stderr
+    no_data = bundle_run("demo_student", ["train.json"], "--dataset_dir", str(tmp_path / "nowhere"),
+                         "--bundle_root", str(tmp_path), "--epochs", "1")
+    assert no_data.returncode != 0 and "tskd error: datalist not found" in no_data.stderr
+    assert "Traceback" not in no_data.stderr
+    untrained = bundle_run("demo_student", ["inference.json"], "--dataset_dir", demo_small,
+                           "--bundle_root", str(tmp_path / "empty"))
+    assert untrained.returncode != 0 and "tskd error: trained model not found" in untrained.stderr

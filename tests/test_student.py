@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from common.errors import CheckpointError
+from common.models import build_vit_fpn, load_encoder_weights, model_size
+
+
+@pytest.mark.parametrize("size,channels", [(256, 1), (512, 3)])
+def test_student_shapes(size, channels):
+    model = build_vit_fpn(image_size=size, in_channels=channels, num_classes=4).eval()
+    with torch.no_grad():
+        logits, hidden = model.forward_with_hidden(torch.rand(1, channels, size, size))
+    assert logits.shape == (1, 4, size, size)
+    assert hidden.shape == (1, 192, size // 16, size // 16)
+    assert model.encoder.embed_dim == 192 and len(model.encoder.blocks) == 12
+    assert model.encoder.patch_embed.patch_size == (16, 16)
+
+
+def test_student_size_matches_the_paper():
+    params, mb = model_size(build_vit_fpn(image_size=256, in_channels=3, num_classes=2))
+    assert 7e6 < params < 10e6
+    assert 28 < mb < 38  # the paper's student with head: 33 MB
+
+
+def test_student_reaches_every_parameter():
+    model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3)
+    model(torch.rand(2, 1, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_encoder_weights_load_across_sizes_and_bad_files_are_named(tmp_path):
+    source = build_vit_fpn(image_size=128, in_channels=3, num_classes=2)
+    path = tmp_path / "encoder.pt"
+    torch.save({"model": {f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}}, path)
+    target = build_vit_fpn(image_size=256, in_channels=1, num_classes=3)
+    loaded = load_encoder_weights(target, str(path))
+    assert "blocks.0.attn.qkv.weight" in loaded and "pos_embed" in loaded
+    torch.testing.assert_close(target.encoder.blocks[5].mlp.fc1.weight, source.encoder.blocks[5].mlp.fc1.weight)
+    assert target.encoder.pos_embed.shape[1] == 1 + 16 * 16
+    assert target.encoder.patch_embed.proj.weight.shape[1] == 1
+    small = tmp_path / "small.pt"
+    torch.save({"blocks.0.norm1.weight": torch.ones(7)}, small)
+    with pytest.raises(CheckpointError, match=r"small.pt.*blocks.0.norm1.weight has shape \(7,\)"):
+        load_encoder_weights(target, str(small))
+    torch.save({"blocks.0.norm1.weight": torch.ones(192)}, small)
+    with pytest.raises(CheckpointError, match="small.pt' lacks"):
+        load_encoder_weights(target, str(small))
