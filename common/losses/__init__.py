@@ -1,0 +1,1 @@
+from common.losses.distill import TaskSpecificKDLoss, align_grid, match_logits
