@@ -22,6 +22,7 @@ BUNDLES = os.path.join(ROOT, "bundles")
 TEMPLATE = os.path.join(BUNDLES, "_template")
 STAGES = {
     "teacher": "SAM-LoRA teacher (prompt-free, multi-class)",
+    "pretrain": "ViT-Tiny + FPN student pre-trained by distillation from the teacher",
     "student": "ViT-Tiny + FPN student",
 }
 # Top-level config keys that take the dataset's value.
@@ -36,9 +37,21 @@ def _load(path: str) -> dict:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """Overlay ``over`` on ``base``: dicts merge (unless they hold ``"__replace__": true``), ``null``
+    deletes a key, ``{"__without__": [targets]}`` drops the components with those ``_target_``s from a
+    list, anything else replaces."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and v.get("__replace__"):
+            out[k] = {key: copy.deepcopy(val) for key, val in v.items() if key != "__replace__"}
+        elif isinstance(v, dict) and "__without__" in v and isinstance(out.get(k), list):
+            out[k] = [x for x in out[k] if not (isinstance(x, dict) and x.get("_target_") in v["__without__"])]
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
     return out
 
 
@@ -98,7 +111,9 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     """All files of bundle ``<dataset>_<stage>``: relative path -> text."""
     name = f"{dataset}_{stage}"
     base, own = os.path.join(TEMPLATE, "base"), os.path.join(TEMPLATE, stage)
-    network = _load(os.path.join(own, "network.json"))
+    # A stage without its own network.json exports the student (pretrain: the distilled student).
+    network = _load(os.path.join(own if os.path.isfile(os.path.join(own, "network.json")) else
+                                 os.path.join(TEMPLATE, "student"), "network.json"))
     configs = {
         "train.json": _merge(_merge(_load(os.path.join(base, "train.json")), network), _load(os.path.join(own, "train.json"))),
         "inference.json": _merge(_merge(_load(os.path.join(base, "inference.json")), network),
@@ -108,6 +123,8 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
                                        _load(os.path.join(own, "multi_gpu_train.json"))),
         "metadata.json": _metadata(name, stage, ds),
     }
+    # Short overrides of train.json, one per row of an ablation table (pretrain: TS-KD1..8).
+    configs.update({f"{row}.json": values for row, values in _load(os.path.join(own, "ablation.json")).items()})
     files = {f"configs/{k}": json.dumps(_with_dataset(v, ds) if k != "metadata.json" else v, indent=4) + "\n"
              for k, v in configs.items()}
     with open(os.path.join(TEMPLATE, "logging.conf")) as f:
@@ -116,7 +133,7 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         files["LICENSE"] = f.read()
     with open(os.path.join(own, "README.md")) as f:
         files["docs/README.md"] = Template(f.read()).substitute(
-            bundle=name, title=ds["title"], lora_rank=ds["lora_rank"], channels=ds["in_channels"],
+            bundle=name, dataset=dataset, title=ds["title"], lora_rank=ds["lora_rank"], channels=ds["in_channels"],
             image_size=ds["image_size"], classes=", ".join(ds["class_names"]), prepare=ds["prepare"],
             dataset_dir=ds["dataset_dir"])
     files["docs/data_license.txt"] = f"Data source: {ds['data_source']}\n\nLicence: {ds['data_license']}\n"

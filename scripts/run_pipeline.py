@@ -2,8 +2,10 @@
 
     python scripts/run_pipeline.py --dataset demo --profile quick --out runs/demo
 
-Stages: prepare the data (demo only) -> teacher (SAM-LoRA) -> student (fine-tuned on the labels) ->
-evaluate both on the test split. A stage whose outputs exist for the same inputs is skipped, so an
+Stages: prepare the data (demo only) -> teacher (SAM-LoRA) -> transfer set (the labelled images plus
+seeded affine views) -> pre-train the student by distillation (``--method tskd`` or ``takd``; none for
+``scratch``) -> fine-tune the student on the labels -> evaluate teacher and student on the test split.
+A stage whose outputs exist for the same inputs (including its upstream stages) is skipped, so an
 interrupted run continues where it stopped (each bundle also resumes its own training). Writes
 ``OUT/metrics.json`` ({"teacher": M, "student": M}) and ``OUT/summary.md``.
 """
@@ -22,11 +24,13 @@ from common.engines.metrics import format_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Epochs per stage. "paper" follows the paper (160 each); "quick" fits the demo on 2 CPU cores.
+# Epochs per stage and transfer-set size. "paper" follows the paper; "quick" fits the demo in
+# about 12 minutes on 2 CPU cores.
 PROFILES = {
-    "quick": {"teacher": 12, "student": 40},
-    "paper": {"teacher": 160, "student": 160},
+    "quick": {"teacher": 10, "pretrain": 25, "student": 40, "transfer": 160, "pretrain_batch": 16},
+    "paper": {"teacher": 160, "pretrain": 1600, "student": 160, "transfer": 3000, "pretrain_batch": 48},
 }
+METHODS = ("tskd", "takd", "scratch")
 
 
 def _bundle(dataset: str, stage: str) -> str:
@@ -37,28 +41,38 @@ def _stamp(args: dict) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_bundle(dataset: str, stage: str, out: str, overrides: dict, evaluate_only: bool = False) -> dict:
-    """Train (unless done for the same overrides) and evaluate one bundle; returns its metrics report."""
-    configs = _bundle(dataset, stage)
-    root = os.path.join(out, stage)
+def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream: str = "") -> str:
+    """Train one bundle into ``root`` unless it was trained with the same overrides and upstream stages.
+
+    Returns:
+        The stage's stamp (a hash of its overrides and ``upstream``), for the stages after it.
+    """
     stamp_file = os.path.join(root, "done.json")
-    stamp = _stamp(overrides)
-    args = [f"--{k}={v}" for k, v in overrides.items()] + ["--bundle_root", root]
-    done = os.path.isfile(stamp_file) and json.load(open(stamp_file)).get("stamp") == stamp
-    if not done and not evaluate_only:
-        print(f"\n=== {stage}: training ({overrides.get('epochs')} epochs) -> {root}", flush=True)
-        start = time.time()
-        _call(["--config_file", os.path.join(configs, "train.json"), *args])
-        os.makedirs(root, exist_ok=True)
-        with open(stamp_file, "w") as f:
-            json.dump({"stamp": stamp, "overrides": overrides, "seconds": round(time.time() - start)}, f)
-    else:
+    stamp = _stamp({"overrides": overrides, "upstream": upstream})
+    if os.path.isfile(stamp_file) and json.load(open(stamp_file)).get("stamp") == stamp:
         print(f"\n=== {stage}: already trained with these settings ({root}), skipping", flush=True)
+        return stamp
+    print(f"\n=== {stage}: training ({overrides.get('epochs')} epochs) -> {root}", flush=True)
+    start = time.time()
+    _call(["--config_file", os.path.join(_bundle(dataset, stage), "train.json"), *_args(overrides, root)])
+    os.makedirs(root, exist_ok=True)
+    with open(stamp_file, "w") as f:
+        json.dump({"stamp": stamp, "overrides": overrides, "seconds": round(time.time() - start)}, f)
+    return stamp
+
+
+def evaluate_bundle(dataset: str, stage: str, root: str, overrides: dict) -> dict:
+    """Evaluate a trained bundle on the test split; returns its metrics report."""
     print(f"=== {stage}: evaluating on the test split", flush=True)
+    configs = _bundle(dataset, stage)
     _call(["--config_file", str([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")]),
-           "--meta_file", os.path.join(configs, "metadata.json"), *args])
+           "--meta_file", os.path.join(configs, "metadata.json"), *_args(overrides, root)])
     with open(os.path.join(root, "eval", "metrics.json")) as f:
         return json.load(f)
+
+
+def _args(overrides: dict, root: str) -> list[str]:
+    return [f"--{k}={v}" for k, v in overrides.items()] + ["--bundle_root", root]
 
 
 def _call(args: list[str]) -> None:
@@ -71,7 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="demo", help="bundle prefix: bundles/<dataset>_{teacher,student}")
     parser.add_argument("--data_dir", default=None, help="folder with datalist.json (default: prepare the demo in OUT/data)")
+    parser.add_argument("--method", choices=METHODS, default="tskd", help="student pre-training")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--transfer", type=int, default=0, help="transfer-set size (default: the profile's)")
     parser.add_argument("--labels", type=int, default=0, help="labelled training images to use (0: all)")
     parser.add_argument("--teacher", default="litemedsam", help="litemedsam (embedded) or vit_b / vit_l / vit_h")
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
@@ -92,18 +108,41 @@ def main() -> None:
 
             prepare_demo(data_dir)
     data_dir = os.path.abspath(data_dir)
-    epochs = PROFILES[args.profile]
-    base = {"dataset_dir": data_dir, "seed": args.seed, "labels": args.labels}
-    teacher = {**base, "epochs": epochs["teacher"], "teacher": args.teacher}
+    profile = PROFILES[args.profile]
+    base = {"dataset_dir": data_dir, "seed": args.seed}
+    foundation = {"teacher": args.teacher}
     if args.sam_checkpoint:
-        teacher["sam_checkpoint"] = os.path.abspath(args.sam_checkpoint)
-    reports = {
-        "teacher": run_bundle(args.dataset, "teacher", out, teacher),
-        "student": run_bundle(args.dataset, "student", out, {**base, "epochs": epochs["student"]}),
-    }
+        foundation["sam_checkpoint"] = os.path.abspath(args.sam_checkpoint)
+    teacher_root = os.path.join(out, "teacher")
+    teacher = {**base, **foundation, "epochs": profile["teacher"], "labels": args.labels}
+    teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
+
+    student = {**base, "epochs": profile["student"], "labels": args.labels}
+    upstream = ""
+    if args.method != "scratch":
+        size = args.transfer or profile["transfer"]
+        transfer_dir = os.path.join(out, f"transfer_{size}_labels{args.labels}")
+        if not os.path.isfile(os.path.join(transfer_dir, "datalist.json")):
+            print(f"\n=== transfer set: {size} images from the labelled training images -> {transfer_dir}", flush=True)
+            from common.data import make_transfer_set
+
+            make_transfer_set(os.path.join(data_dir, "datalist.json"), transfer_dir, size=size, labels=args.labels,
+                              seed=args.seed)
+        pretrain_root = os.path.join(out, f"pretrain_{args.method}")
+        pretrain = {**base, **foundation, "method": args.method, "epochs": profile["pretrain"],
+                    "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
+                    "teacher_checkpoint": os.path.join(teacher_root, "models", "model.pt")}
+        upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
+                                upstream=teacher_stamp if args.method == "tskd" else "")
+        student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
+    student_root = os.path.join(out, f"student_{args.method}")
+    train_bundle(args.dataset, "student", student_root, student, upstream=upstream)
+    reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root, {**base, **foundation}),
+               "student": evaluate_bundle(args.dataset, "student", student_root, base)}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(reports, f, indent=1)
-    lines = [f"# tskd on {args.dataset} ({args.profile} profile, labels: {args.labels or 'all'}, seed {args.seed})", ""]
+    lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
+             f"{args.labels or 'all'}, seed {args.seed})", ""]
     for name, report in reports.items():
         lines += [f"## {name}", "", "```", format_report(report), "```", ""]
     summary = "\n".join(lines)

@@ -27,7 +27,7 @@ def ok(result):
 
 
 def test_bundles_are_generated_from_the_template():
-    assert BUNDLES == ["demo_student", "demo_teacher"]
+    assert BUNDLES == ["demo_pretrain", "demo_student", "demo_teacher"]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_bundles.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
@@ -47,18 +47,47 @@ def test_bundle_file_set_and_metadata_schema(bundle):
     verify_metadata(meta_file=os.path.join(root, "configs", "metadata.json"), filepath=SCHEMA)
 
 
+@pytest.fixture(scope="module")
+def pretrain_inputs(demo_small, tmp_path_factory):
+    """A transfer set and a (LoRA + decoder) teacher checkpoint at 64², as the teacher bundle writes it."""
+    import torch
+
+    from common.data import make_transfer_set
+    from common.models import TrainableState, build_teacher
+
+    folder = tmp_path_factory.mktemp("pretrain_inputs")
+    make_transfer_set(os.path.join(demo_small, "datalist.json"), str(folder / "transfer"), size=6, seed=0)
+    torch.save(TrainableState(build_teacher("litemedsam", image_size=64, num_classes=3)).state_dict(),
+               folder / "teacher.pt")
+    return ["--transfer_file", str(folder / "transfer" / "datalist.json"), "--teacher_checkpoint",
+            str(folder / "teacher.pt")]
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path):
+def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inputs):
     common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "64", "--batch_size", "2"]
     tracking = ["--tracking", "mlflow"] if bundle.endswith("student") else []
-    train = ok(bundle_run(bundle, ["train.json"], "--epochs", "1", *common, *tracking))
-    assert "val_mean_dice" in train.stdout + train.stderr
+    extra = pretrain_inputs if bundle.endswith("pretrain") else []
+    train = ok(bundle_run(bundle, ["train.json"], "--epochs", "1", *common, *tracking, *extra))
+    log = train.stdout + train.stderr
     models = tmp_path / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+    if bundle.endswith("pretrain"):
+        assert "teacher cache written" in log and (tmp_path / "teacher_cache" / "manifest.json").is_file()
+        import torch
+
+        state = torch.load(models / "model.pt", weights_only=True)
+        assert not any(k.startswith("proj.") for k in state) and any(k.startswith("head.") for k in state)
+        student = ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", "--dataset_dir", demo_small,
+                                "--bundle_root", str(tmp_path / "student"), "--image_size", "64",
+                                "--encoder_checkpoint", str(models / "model.pt")))
+        assert "val_mean_dice" in student.stdout + student.stderr
+    else:
+        assert "val_mean_dice" in log
     if bundle.endswith("teacher"):
         assert (models / "model_merged.pt").is_file()
         assert (models / "model.pt").stat().st_size < (models / "model_merged.pt").stat().st_size / 2
-    else:
+    elif bundle.endswith("student"):
         import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")

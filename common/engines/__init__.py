@@ -1,3 +1,5 @@
 from common.engines.handlers import NaNLossGuard, ResumableCheckpoint, latest_checkpoint
 from common.engines.metrics import (HD95Handler, MetricsReport, PhysicalHausdorffDistanceMetric, format_report,
                                     summarise_metric_details)
+from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer
+from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, file_digest, kd_dataset, module_digest

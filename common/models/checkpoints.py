@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from common.errors import CheckpointError
 
-__all__ = ["load_state_file", "TrainableState", "check_state_dict", "require_file"]
+__all__ = ["load_state_file", "TrainableState", "check_state_dict", "require_file", "kd_teacher_weights"]
 
 # Wrappers used by SAM, MAE, timm, ignite and MONAI checkpoints around the plain state dict.
 _WRAPPER_KEYS = ("model", "state_dict", "network", "teacher", "student")
@@ -86,7 +86,9 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 
 
 class TrainableState:
-    """The trained part of a module (its parameters with ``requires_grad``), for ignite checkpoints.
+    """The trained part of a module, for ignite checkpoints: its ``trained_parameter_names()`` when it
+    defines them (the teacher, whose parameters a distillation run freezes), else its parameters with
+    ``requires_grad``.
 
     The LoRA teacher saves LoRA + mask decoder only (a few MB instead of SAM's 357 MB); the frozen base
     comes from the foundation-model checkpoint when the teacher is rebuilt.
@@ -99,6 +101,8 @@ class TrainableState:
         self.module = module
 
     def keys(self) -> list[str]:
+        if hasattr(self.module, "trained_parameter_names"):
+            return list(self.module.trained_parameter_names())
         return [n for n, p in self.module.named_parameters() if p.requires_grad]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -110,3 +114,19 @@ class TrainableState:
         check_state_dict(state, expected, path, "trained-weights checkpoint",
                          "It must come from a teacher with the same variant, num_classes, image_size and LoRA rank.")
         self.module.load_state_dict(dict(state), strict=False)
+
+
+def kd_teacher_weights(method: str, teacher_checkpoint: str) -> str | None:
+    """The trained-teacher file distillation needs: required for ``tskd``, none for ``takd``.
+
+    Task-specific KD distils the fine-tuned teacher; task-agnostic KD distils the original foundation
+    encoder (paper, baselines), so no trained weights are loaded.
+    """
+    if method == "takd":
+        return None
+    if method != "tskd":
+        raise CheckpointError(f"unknown distillation method '{method}': use 'tskd' (task-specific) or 'takd' "
+                              "(task-agnostic).")
+    return require_file(teacher_checkpoint, "trained teacher checkpoint (teacher_checkpoint)",
+                        "Task-specific KD distils the fine-tuned teacher: train bundles/<dataset>_teacher first and "
+                        "pass its models/model.pt as --teacher_checkpoint, or use --method takd.")

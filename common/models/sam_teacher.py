@@ -96,6 +96,15 @@ class SamTeacher(nn.Module):
         """(B, C, S, S) in [0, 1] -> class logits (B, K, S, S)."""
         return self.forward_all(x)["logits"]
 
+    def trained_parameter_names(self) -> list[str]:
+        """What fine-tuning trains (and the teacher checkpoint holds): LoRA, the mask decoder and, of the
+        prompt encoder, the no-prompt embedding (the only part a prompt-free forward uses). The IoU head's
+        output is unused without prompts, so it stays frozen: every trained parameter gets a gradient
+        (as DDP requires without searching for unused parameters)."""
+        return [n for n, _ in self.named_parameters()
+                if "lora_" in n or n == "prompt_encoder.no_mask_embed.weight"
+                or (n.startswith("mask_decoder.") and not n.startswith("mask_decoder.iou_prediction_head."))]
+
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights with LoRA merged into plain fused ``qkv`` Linears (the upstream key layout)."""
         merged = copy.deepcopy(self)
@@ -168,13 +177,9 @@ def _finish(teacher: SamTeacher, state: dict[str, torch.Tensor], path: str, what
     for p in teacher.parameters():
         p.requires_grad_(False)
     apply_qv_lora(teacher.image_encoder, rank=lora_rank, alpha=lora_alpha)
-    # Trained: the mask decoder and, of the prompt encoder, the no-prompt embedding (the only part a
-    # prompt-free forward uses). The IoU head's output is not used by a prompt-free model, so it stays
-    # frozen: every trainable parameter then gets a gradient (needed by DDP without unused-param search).
+    trained = set(teacher.trained_parameter_names())
     for name, p in teacher.named_parameters():
-        if name.startswith("mask_decoder.") and not name.startswith("mask_decoder.iou_prediction_head."):
-            p.requires_grad_(True)
-    teacher.prompt_encoder.no_mask_embed.weight.requires_grad_(True)
+        p.requires_grad_(name in trained)
     return teacher
 
 

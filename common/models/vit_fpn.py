@@ -92,7 +92,7 @@ class ViTFPN(nn.Module):
 
 
 def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int = 2, fpn_dim: int = 256,
-                  num_heads: int = 3, encoder_checkpoint: str | None = None) -> ViTFPN:
+                  num_heads: int = 3, encoder_checkpoint: str | None = None, init_head: bool = False) -> ViTFPN:
     """ViT-Tiny (dim 192, depth 12, patch 16) + FPN head at the task's input size.
 
     Args:
@@ -102,6 +102,7 @@ def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int 
         fpn_dim: pyramid width.
         num_heads: attention heads; 3 for ViT-Tiny, 12 to load MAE-lite weights (paper, baselines).
         encoder_checkpoint: optional encoder weights (see ``load_encoder_weights``).
+        init_head: also load the FPN head from ``encoder_checkpoint`` when it holds one (a distilled student).
 
     Returns:
         The student, randomly initialised unless ``encoder_checkpoint`` is given.
@@ -110,7 +111,7 @@ def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int 
                                 in_chans=in_channels, num_classes=0, num_heads=num_heads)
     model = ViTFPN(encoder, num_classes=num_classes, fpn_dim=fpn_dim)
     if encoder_checkpoint:
-        load_encoder_weights(model, encoder_checkpoint)
+        load_encoder_weights(model, encoder_checkpoint, with_head=init_head)
     return model
 
 
@@ -119,8 +120,9 @@ _PREFIXES = ("module.", "encoder.", "backbone.", "student.encoder.")
 _SKIP = ("decoder", "mask_token", "head.", "fc_norm", "projector", "predictor")
 
 
-def load_encoder_weights(model: ViTFPN, path: str) -> list[str]:
-    """Load ViT encoder weights into ``model.encoder``; the FPN head keeps its initialisation.
+def load_encoder_weights(model: ViTFPN, path: str, with_head: bool = False) -> list[str]:
+    """Load ViT encoder weights into ``model.encoder``; the FPN head keeps its initialisation unless
+    ``with_head`` and the file holds a ViT-FPN head (``fpn.*``, ``head.*``) of the same shapes.
 
     Accepts a timm/MAE-style encoder state dict, a full ViTFPN state dict, or a pretrain-bundle output
     (keys prefixed ``encoder.``). The position embedding is resampled when the grid differs and the
@@ -131,7 +133,7 @@ def load_encoder_weights(model: ViTFPN, path: str) -> list[str]:
         path: checkpoint file.
 
     Returns:
-        The encoder keys that were loaded.
+        The keys that were loaded (encoder keys without prefix; head keys as ``fpn.*`` / ``head.*``).
     """
     what = "student encoder checkpoint"
     hint = "Give a ViT-Tiny (dim 192, patch 16) encoder checkpoint, e.g. models/encoder.pt of a pretrain bundle."
@@ -162,7 +164,16 @@ def load_encoder_weights(model: ViTFPN, path: str) -> list[str]:
         raise CheckpointError(f"{what} '{path}' lacks {len(absent)} of the {len(blocks)} transformer-block tensors "
                               f"(first: {absent[0]}). {hint}")
     model.encoder.load_state_dict(loaded, strict=False)
-    return sorted(loaded)
+    head = {}
+    if with_head:
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(("fpn.", "head."))}
+        head = {k: v for k, v in state.items() if k in own}
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in head.items() if v.shape != own[k].shape]
+        if wrong:
+            raise CheckpointError(f"{what} '{path}': its FPN head does not fit ({wrong[0]}; is num_classes the same?). "
+                                  "Set init_head to false to start the head fresh.")
+        model.load_state_dict(head, strict=False)
+    return sorted(loaded) + sorted(head)
 
 
 def model_size(model: nn.Module) -> tuple[int, float]:
