@@ -7,7 +7,7 @@ seeded affine views) -> pre-train the student by distillation (``--method tskd``
 ``scratch``) -> fine-tune the student on the labels -> evaluate teacher and student on the test split.
 A stage whose outputs exist for the same inputs (including its upstream stages) is skipped, so an
 interrupted run continues where it stopped (each bundle also resumes its own training). Writes
-``OUT/metrics.json`` ({"teacher": M, "student": M}) and ``OUT/summary.md``.
+``OUT/metrics.json`` ({"teacher": M, "student": M}), ``OUT/summary.md`` and ``OUT/predictions.png``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from common.data.figures import save_prediction_grid
 from common.engines.metrics import format_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILES = {
     "quick": {"teacher": 10, "pretrain": 25, "student": 40, "transfer": 160, "pretrain_batch": 16},
     "paper": {"teacher": 160, "pretrain": 1600, "student": 160, "transfer": 3000, "pretrain_batch": 48},
+    "smoke": {"teacher": 1, "pretrain": 1, "student": 1, "transfer": 8, "pretrain_batch": 4},  # wiring check (tests)
 }
 METHODS = ("tskd", "takd", "scratch")
 
@@ -71,6 +73,12 @@ def evaluate_bundle(dataset: str, stage: str, root: str, overrides: dict) -> dic
         return json.load(f)
 
 
+def infer_bundle(dataset: str, stage: str, root: str, overrides: dict) -> str:
+    """Run a bundle's inference.json on the test split; returns the predictions folder."""
+    _call(["--config_file", os.path.join(_bundle(dataset, stage), "inference.json"), *_args(overrides, root)])
+    return os.path.join(root, "eval", "predictions")
+
+
 def _args(overrides: dict, root: str) -> list[str]:
     return [f"--{k}={v}" for k, v in overrides.items()] + ["--bundle_root", root]
 
@@ -91,7 +99,10 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=0, help="labelled training images to use (0: all)")
     parser.add_argument("--teacher", default="litemedsam", help="litemedsam (embedded) or vit_b / vit_l / vit_h")
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
+    parser.add_argument("--teacher_checkpoint", default="",
+                        help="an already trained teacher (a teacher bundle's models/model.pt): skips teacher training")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
     parser.add_argument("--out", default="runs/demo")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
@@ -109,13 +120,19 @@ def main() -> None:
             prepare_demo(data_dir)
     data_dir = os.path.abspath(data_dir)
     profile = PROFILES[args.profile]
-    base = {"dataset_dir": data_dir, "seed": args.seed}
+    base = {"dataset_dir": data_dir, "seed": args.seed, **({"image_size": args.image_size} if args.image_size else {})}
     foundation = {"teacher": args.teacher}
     if args.sam_checkpoint:
         foundation["sam_checkpoint"] = os.path.abspath(args.sam_checkpoint)
     teacher_root = os.path.join(out, "teacher")
-    teacher = {**base, **foundation, "epochs": profile["teacher"], "labels": args.labels}
-    teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
+    if args.teacher_checkpoint:
+        teacher_ckpt = os.path.abspath(args.teacher_checkpoint)
+        teacher_stamp = _stamp({"teacher_checkpoint": teacher_ckpt, "mtime": os.path.getmtime(teacher_ckpt)})
+        print(f"=== teacher: using the trained teacher {teacher_ckpt}", flush=True)
+    else:
+        teacher_ckpt = os.path.join(teacher_root, "models", "model.pt")
+        teacher = {**base, **foundation, "epochs": profile["teacher"], "labels": args.labels}
+        teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
 
     student = {**base, "epochs": profile["student"], "labels": args.labels}
     upstream = ""
@@ -131,24 +148,30 @@ def main() -> None:
         pretrain_root = os.path.join(out, f"pretrain_{args.method}")
         pretrain = {**base, **foundation, "method": args.method, "epochs": profile["pretrain"],
                     "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
-                    "teacher_checkpoint": os.path.join(teacher_root, "models", "model.pt")}
+                    "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
                                 upstream=teacher_stamp if args.method == "tskd" else "")
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
     student_root = os.path.join(out, f"student_{args.method}")
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream)
-    reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root, {**base, **foundation}),
+    reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root,
+                                         {**base, **foundation, "ckpt_path": teacher_ckpt}),
                "student": evaluate_bundle(args.dataset, "student", student_root, base)}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(reports, f, indent=1)
+    print("=== predictions on the test split -> predictions.png", flush=True)
+    grid = {"teacher": infer_bundle(args.dataset, "teacher", teacher_root, {**base, **foundation, "ckpt_path": teacher_ckpt}),
+            f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, base)}
+    save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
     lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
              f"{args.labels or 'all'}, seed {args.seed})", ""]
     for name, report in reports.items():
         lines += [f"## {name}", "", "```", format_report(report), "```", ""]
+    lines += ["![test images, ground truth and predictions](predictions.png)", ""]
     summary = "\n".join(lines)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(summary)
-    print("\n" + summary + f"\nwritten: {out}/metrics.json, {out}/summary.md")
+    print("\n" + summary + f"\nwritten: {out}/metrics.json, {out}/summary.md, {out}/predictions.png")
 
 
 if __name__ == "__main__":

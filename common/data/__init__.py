@@ -1,4 +1,6 @@
 from common.data.datalists import class_names, load_datalist, read_datalist_info
+from common.data.figures import save_prediction_grid
 from common.data.demo import block_split, mni_paths, prepare_demo
+from common.data.io import atomic_folder
 from common.data.transforms import ValidateSampled
 from common.data.transfer import make_transfer_set

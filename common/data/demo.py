@@ -7,16 +7,14 @@ probable of background (1 - GM - WM), grey matter and white matter. Nothing is d
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.data.io import atomic_folder
 from common.errors import DataError
 
 __all__ = ["MNI_FILES", "mni_paths", "block_split", "prepare_demo"]
@@ -100,16 +98,13 @@ def prepare_demo(out: str, image_size: int = 128, stride: int = 2, block: int = 
     side = max(t1.shape[:2])
     spacing = spacing_in * side / image_size
     affine = np.diag([spacing, spacing, 1.0, 1.0])
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".demo-", dir=parent)
-    try:
+    datalist: dict = {"name": "demo", "description": "Axial slices of the MNI152 2009a template (nilearn), "
+                      "grey/white matter from its tissue probability maps",
+                      "labels": {str(i): c for i, c in enumerate(CLASSES)}, "spacing": [spacing, spacing],
+                      "image_size": image_size, "channels": 1, "training": [], "validation": [], "test": []}
+    with atomic_folder(out, datalist) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
         os.makedirs(os.path.join(tmp, "labels"))
-        datalist: dict = {"name": "demo", "description": "Axial slices of the MNI152 2009a template (nilearn), "
-                          "grey/white matter from its tissue probability maps",
-                          "labels": {str(i): c for i, c in enumerate(CLASSES)}, "spacing": [spacing, spacing],
-                          "image_size": image_size, "channels": 1, "training": [], "validation": [], "test": []}
         for z, split in zip(zs, splits):
             if not split:
                 continue
@@ -124,12 +119,4 @@ def prepare_demo(out: str, image_size: int = 128, stride: int = 2, block: int = 
         # Budget order: a seeded shuffle, so the first N training slices spread over the brain.
         rng = np.random.default_rng(seed)
         datalist["training"] = [datalist["training"][i] for i in rng.permutation(len(datalist["training"]))]
-        with open(os.path.join(tmp, "datalist.json"), "w") as f:
-            json.dump(datalist, f, indent=1)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return datalist

@@ -7,16 +7,14 @@ it is written to disk, seeded, so the views are fixed (which is what lets the te
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 import nibabel as nib
 import numpy as np
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandAffined
 
 from common.data.datalists import load_datalist
+from common.data.io import atomic_folder
 
 __all__ = ["make_transfer_set"]
 
@@ -39,11 +37,9 @@ def make_transfer_set(datalist_file: str, out: str, size: int = 1000, labels: in
     augment = RandAffined("image", prob=1.0, rotate_range=0.26, scale_range=0.15, shear_range=0.1,
                           translate_range=0.05, mode="bilinear", padding_mode="zeros")
     augment.set_random_state(seed=seed)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".transfer-", dir=parent)
-    try:
-        items = []
+    info = {"name": "transfer", "source": os.path.abspath(datalist_file), "size": size, "labels": labels,
+            "seed": seed, "training": []}
+    with atomic_folder(out, info) as tmp:
         for i in range(size):
             src = sources[i % len(sources)]
             data = load(dict(src))
@@ -53,15 +49,5 @@ def make_transfer_set(datalist_file: str, out: str, size: int = 1000, labels: in
             image = data["image"]
             array = np.asarray(image[0] if image.shape[0] == 1 else np.moveaxis(np.asarray(image), 0, -1), np.float32)
             nib.save(nib.Nifti1Image(array, np.asarray(image.affine, np.float64)), os.path.join(tmp, name))
-            items.append({"image": name, "source": os.path.basename(src["image"])})
-        info = {"name": "transfer", "source": os.path.abspath(datalist_file), "size": size,
-                "labels": labels, "seed": seed, "training": items}
-        with open(os.path.join(tmp, "datalist.json"), "w") as f:
-            json.dump(info, f, indent=1)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            info["training"].append({"image": name, "source": os.path.basename(src["image"])})
     return info

@@ -42,6 +42,19 @@ def _teacher(args):
                          num_classes=args.num_classes, lora_rank=args.lora_rank)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
+    child would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_mode(args) -> dict:
     """One mode in this process: ``epochs`` epochs through the real engine; seconds per epoch, peak RSS."""
     from monai.data import DataLoader, Dataset
@@ -80,8 +93,7 @@ def run_mode(args) -> dict:
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: times.append(-time.perf_counter()))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: times.__setitem__(-1, times[-1] + time.perf_counter()))
     trainer.run()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else _peak_rss_mb()
     return {"mode": args.mode, "epoch_seconds": statistics.median(times[1:] or times), "peak_mb": peak}
 
 
