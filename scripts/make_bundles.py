@@ -61,7 +61,8 @@ def _with_dataset(config: dict, ds: dict) -> dict:
         if key in config:
             config[key] = ds[key]
     if "num_classes" in config:
-        config["num_classes"] = len(ds["class_names"])
+        # A dataset whose classes are read from its datalist at run time (folder) counts them then.
+        config["num_classes"] = len(ds["class_names"]) if isinstance(ds["class_names"], list) else "$len(@class_names)"
     return config
 
 
@@ -70,7 +71,11 @@ def _metadata(name: str, stage: str, ds: dict) -> dict:
     import numpy
     import torch
 
-    size, classes = ds["image_size"], ds["class_names"]
+    # Datasets described by their datalist at run time (folder) get a generic description here.
+    fixed = isinstance(ds["class_names"], list)
+    size = ds["image_size"] if fixed else "*"
+    classes = ds["class_names"] if fixed else ["background", "class 1", "…"]
+    channels = ds["in_channels"] if fixed else 1
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
         "version": "0.1.0",
@@ -87,7 +92,7 @@ def _metadata(name: str, stage: str, ds: dict) -> dict:
         "copyright": "Copyright (c) tskd contributors",
         "data_source": ds["data_source"],
         "data_type": "nibabel/png/itk",
-        "image_classes": f"{ds['in_channels']}-channel {ds['modality']} image, intensities scaled to [0, 1]",
+        "image_classes": f"{channels if fixed else '1- or 3'}-channel {ds['modality']} image, intensities scaled to [0, 1]",
         "label_classes": ", ".join(f"{i}: {c}" for i, c in enumerate(classes)),
         "pred_classes": ", ".join(f"{i}: {c}" for i, c in enumerate(classes)),
         "eval_metrics": {"mean_dice": None},
@@ -96,10 +101,10 @@ def _metadata(name: str, stage: str, ds: dict) -> dict:
                        "Enhanced Medical Image Segmentation, arXiv 2503.06976"],
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": ds["modality"],
-                                 "num_channels": ds["in_channels"], "spatial_shape": [size, size],
+                                 "num_channels": channels, "spatial_shape": [size, size],
                                  "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
-                                 "channel_def": {str(i): "image" for i in range(ds["in_channels"])}}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": len(classes),
+                                 "channel_def": {str(i): "image" for i in range(channels)}}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": len(classes) if fixed else 2,
                                  "spatial_shape": [size, size], "dtype": "float32", "value_range": [],
                                  "is_patch_data": False,
                                  "channel_def": {str(i): c for i, c in enumerate(classes)}}},
@@ -110,6 +115,7 @@ def _metadata(name: str, stage: str, ds: dict) -> dict:
 def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     """All files of bundle ``<dataset>_<stage>``: relative path -> text."""
     name = f"{dataset}_{stage}"
+    fixed = isinstance(ds["class_names"], list)
     base, own = os.path.join(TEMPLATE, "base"), os.path.join(TEMPLATE, stage)
     # A stage without its own network.json exports the student (pretrain: the distilled student).
     network = _load(os.path.join(own if os.path.isfile(os.path.join(own, "network.json")) else
@@ -133,8 +139,10 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         files["LICENSE"] = f.read()
     with open(os.path.join(own, "README.md")) as f:
         files["docs/README.md"] = Template(f.read()).substitute(
-            bundle=name, dataset=dataset, title=ds["title"], lora_rank=ds["lora_rank"], channels=ds["in_channels"],
-            image_size=ds["image_size"], classes=", ".join(ds["class_names"]), prepare=ds["prepare"],
+            bundle=name, dataset=dataset, title=ds["title"], lora_rank=ds["lora_rank"],
+            channels=ds["in_channels"] if fixed else "1- or 3",
+            image_size=ds["image_size"] if fixed else "N", classes=", ".join(ds["class_names"]) if fixed else
+            "as named in datalist.json (read at run time, with the image size and channels)", prepare=ds["prepare"],
             dataset_dir=ds["dataset_dir"])
     files["docs/data_license.txt"] = f"Data source: {ds['data_source']}\n\nLicence: {ds['data_license']}\n"
     files["large_files.yml"] = ("# Weights are never committed; they are written by training.\n"

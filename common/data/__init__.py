@@ -4,3 +4,5 @@ from common.data.demo import block_split, mni_paths, prepare_demo
 from common.data.io import atomic_folder
 from common.data.transforms import ValidateSampled
 from common.data.transfer import make_transfer_set
+from common.data.convert import Case, convert_cases, read_image, read_mask
+from common.data.datasets import DATASETS, DatasetSpec, parse_classes, prepare_dataset

@@ -39,11 +39,11 @@ def save_prediction_grid(datalist_file: str, predictions: dict[str, str], out_pn
         maps = [np.asarray(nib.load(item["image"]).dataobj, np.float32), np.asarray(nib.load(item["label"]).dataobj)]
         maps += [np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj) for folder in predictions.values()]
         for col, (ax, title, m) in enumerate(zip(row, columns, maps)):
+            m = np.squeeze(m)  # shown as stored: rows down, columns across
             if col == 0:
-                ax.imshow(np.squeeze(m).T, cmap="gray", origin="lower")
+                ax.imshow((m - m.min()) / (np.ptp(m) or 1.0), cmap="gray")  # grey (H, W) or RGB (H, W, 3)
             else:
-                ax.imshow(np.squeeze(m).T, cmap="viridis", vmin=0, vmax=len(names) - 1, origin="lower",
-                          interpolation="nearest")
+                ax.imshow(m, cmap="viridis", vmin=0, vmax=len(names) - 1, interpolation="nearest")
             ax.set_title(title if ax is axes[0][col] else "", fontsize=9)
             ax.axis("off")
         row[0].text(-0.05, 0.5, stem, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=7)
