@@ -171,3 +171,19 @@ def test_prepare_data_cli_reports_errors_in_one_line(tmp_path):
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "prepare_data: 1 problem(s)" in result.stderr and "case04" in result.stderr
+
+
+def test_palette_masks_are_read_as_label_indices(tmp_path):
+    src = make_pairs(str(tmp_path / "voc"), mask_dir="labels", n=6, ext="png")
+    for i in range(6):
+        mask = Image.fromarray(stripe([1, 2]), mode="P")
+        mask.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30] + [0] * (256 * 3 - 9))  # colours != indices
+        mask.save(f"{src}/labels/case{i:02d}.png")
+    info = prepare_dataset("folder", src, str(tmp_path / "out"), image_size=SIZE, classes="a=1,b=2")
+    assert stripe_classes(label_of(str(tmp_path / "out"), info["training"][0]))[:2] == [1, 2]
+
+
+def test_too_few_cases_for_the_splits(tmp_path):
+    src = make_pairs(str(tmp_path / "two"), mask_dir="labels", n=2, ext="png")
+    with pytest.raises(DataError, match="too few"):
+        prepare_dataset("folder", src, str(tmp_path / "out"), image_size=SIZE, classes="lesion=255")

@@ -59,12 +59,27 @@ def _suffix(path: str) -> str:
     return ".nii.gz" if low.endswith(".nii.gz") else os.path.splitext(low)[1]
 
 
-def read_image(path: str, channels: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "F")
+
+
+def _pil_convert(im, channels: int | None, as_mask: bool):
+    """PIL image -> array-ready image: masks keep palette indices (VOC-style label PNGs, DRIVE GIFs);
+    images become grey or RGB as asked (16-bit and float grey keep their precision)."""
+    if as_mask:
+        return im if im.mode in ("P", "L", "I", "I;16", "I;16B", "1") else im.convert("RGB")
+    if im.mode in _GREY_MODES and channels != 3:
+        return im if im.mode in ("I", "I;16", "I;16B", "F") else im.convert("L")
+    rgb = im.convert("RGB")
+    return rgb.convert("L") if channels == 1 else rgb
+
+
+def read_image(path: str, channels: int | None = None, as_mask: bool = False) -> tuple[np.ndarray, tuple[float, float]]:
     """Read a 2D image.
 
     Args:
         path: PNG/JPG/BMP/TIF/GIF, NIfTI or DICOM file.
         channels: 1 converts colour to grey, 3 converts grey to RGB, None keeps what the file has.
+        as_mask: read palette images as their indices (label maps), never converting colours.
 
     Returns:
         (array (H, W) or (H, W, 3) float32, spacing (rows, cols) in mm; 1.0 where the format has none).
@@ -89,9 +104,7 @@ def read_image(path: str, channels: int | None = None) -> tuple[np.ndarray, tupl
 
             with Image.open(path) as im:
                 im.load()
-                mode = "RGB" if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and channels != 1 else None
-                array = np.asarray(im.convert(mode) if mode else (im.convert("L") if im.mode in ("1", "P") or channels == 1
-                                                                    else im), np.float32)
+                array = np.asarray(_pil_convert(im, channels, as_mask), np.float32)
             spacing = (1.0, 1.0)
     except DataError:
         raise
@@ -112,7 +125,7 @@ def read_image(path: str, channels: int | None = None) -> tuple[np.ndarray, tupl
 
 def read_mask(path: str) -> np.ndarray:
     """A single-channel label image as int64 (H, W); a colour mask is an error (grey RGB is accepted)."""
-    array, _ = read_image(path)
+    array, _ = read_image(path, as_mask=True)
     if array.ndim == 3:
         if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
             raise DataError(f"mask '{path}' is a colour image; expected one label value per pixel")
@@ -215,6 +228,9 @@ def convert_cases(cases: Sequence[Case], out: str, *, name: str, source: str, cl
         raise DataError(f"{len(errors)} problem(s) in '{source}'; nothing was written:\n  {shown}{hint}")
     splits = _split(cases, test_fraction, val_fraction, seed)
     n_train = sum(s == "training" for s in splits.values())
+    if not n_train or "validation" not in splits.values():
+        raise DataError(f"{len(cases)} image(s) in '{source}' are too few for training, validation and test splits "
+                        "(at least 3 cases or patients); add data or lower --test_fraction / --val_fraction.")
     datalist: dict = {"name": name, "source": os.path.abspath(source), "labels": {str(i): c for i, c in enumerate(classes)},
                       "image_size": image_size, "channels": channels, "seed": seed,
                       "budgets": [b for b in budgets if b <= n_train], "training": [], "validation": [], "test": []}
