@@ -1,6 +1,6 @@
 """tskd: shared components of the bundles (teacher, student, losses, data, engines)."""
 
-from common import bundle, data, engines, models
+from common import bundle, data, engines, models, synth
 from common.errors import CheckpointError, DataError, TskdError, install_excepthook
 
 # Bundle runs show a TskdError as one line of advice instead of MONAI's chained traceback.

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLES = os.path.join(ROOT, "bundles")
 TEMPLATE = os.path.join(BUNDLES, "_template")
 STAGES = {
+    "synth": "DDPM generator of the synthetic transfer set",
     "teacher": "SAM-LoRA teacher (prompt-free, multi-class)",
     "pretrain": "ViT-Tiny + FPN student pre-trained by distillation from the teacher",
     "student": "ViT-Tiny + FPN student",
@@ -38,16 +39,17 @@ def _load(path: str) -> dict:
 
 def _merge(base: dict, over: dict) -> dict:
     """Overlay ``over`` on ``base``: dicts merge (unless they hold ``"__replace__": true``), ``null``
-    deletes a key, ``{"__without__": [targets]}`` drops the components with those ``_target_``s from a
-    list, anything else replaces."""
+    deletes a key, ``{"__without__": [targets], "__append__": [items]}`` drops the components with those
+    ``_target_``s from a list and appends items, anything else replaces."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if v is None:
             out.pop(k, None)
         elif isinstance(v, dict) and v.get("__replace__"):
             out[k] = {key: copy.deepcopy(val) for key, val in v.items() if key != "__replace__"}
-        elif isinstance(v, dict) and "__without__" in v and isinstance(out.get(k), list):
-            out[k] = [x for x in out[k] if not (isinstance(x, dict) and x.get("_target_") in v["__without__"])]
+        elif isinstance(v, dict) and ("__without__" in v or "__append__" in v) and isinstance(out.get(k), list):
+            out[k] = [x for x in out[k] if not (isinstance(x, dict) and x.get("_target_") in v.get("__without__", []))]
+            out[k] += copy.deepcopy(v.get("__append__", []))
         elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
@@ -112,6 +114,17 @@ def _metadata(name: str, stage: str, ds: dict) -> dict:
     }
 
 
+def _stage_config(base: dict, *overlays: dict) -> dict:
+    """``base`` with the overlays merged in order; an overlay marked ``"__standalone__": true`` replaces
+    everything before it (a stage whose evaluate.json has nothing in common with the base one)."""
+    out = base
+    for over in overlays:
+        if over.pop("__standalone__", False):
+            out = {}
+        out = _merge(out, over)
+    return out
+
+
 def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     """All files of bundle ``<dataset>_<stage>``: relative path -> text."""
     name = f"{dataset}_{stage}"
@@ -121,16 +134,16 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     network = _load(os.path.join(own if os.path.isfile(os.path.join(own, "network.json")) else
                                  os.path.join(TEMPLATE, "student"), "network.json"))
     configs = {
-        "train.json": _merge(_merge(_load(os.path.join(base, "train.json")), network), _load(os.path.join(own, "train.json"))),
-        "inference.json": _merge(_merge(_load(os.path.join(base, "inference.json")), network),
-                                 _load(os.path.join(own, "inference.json"))),
-        "evaluate.json": _merge(_load(os.path.join(base, "evaluate.json")), _load(os.path.join(own, "evaluate.json"))),
-        "multi_gpu_train.json": _merge(_load(os.path.join(base, "multi_gpu_train.json")),
-                                       _load(os.path.join(own, "multi_gpu_train.json"))),
+        "train.json": _stage_config(_load(os.path.join(base, "train.json")), network, _load(os.path.join(own, "train.json"))),
+        "inference.json": _stage_config(_load(os.path.join(base, "inference.json")), network,
+                                        _load(os.path.join(own, "inference.json"))),
+        "evaluate.json": _stage_config(_load(os.path.join(base, "evaluate.json")), _load(os.path.join(own, "evaluate.json"))),
+        "multi_gpu_train.json": _stage_config(_load(os.path.join(base, "multi_gpu_train.json")),
+                                              _load(os.path.join(own, "multi_gpu_train.json"))),
         "metadata.json": _metadata(name, stage, ds),
     }
-    # Short overrides of train.json, one per row of an ablation table (pretrain: TS-KD1..8).
-    configs.update({f"{row}.json": values for row, values in _load(os.path.join(own, "ablation.json")).items()})
+    # Short overrides of train.json named in the stage's overrides.json (pretrain: TS-KD1..8; synth: sample).
+    configs.update({f"{key}.json": values for key, values in _load(os.path.join(own, "overrides.json")).items()})
     files = {f"configs/{k}": json.dumps(_with_dataset(v, ds) if k != "metadata.json" else v, indent=4) + "\n"
              for k, v in configs.items()}
     with open(os.path.join(TEMPLATE, "logging.conf")) as f:

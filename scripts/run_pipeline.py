@@ -2,8 +2,9 @@
 
     python scripts/run_pipeline.py --dataset demo --profile quick --out runs/demo
 
-Stages: prepare the data (demo only) -> teacher (SAM-LoRA) -> transfer set (the labelled images plus
-seeded affine views) -> pre-train the student by distillation (``--method tskd`` or ``takd``; none for
+Stages: prepare the data (demo only) -> teacher (SAM-LoRA) -> transfer set (a DDPM trained on seeded
+affine views of the labelled images, then sampled with DDIM; or, with ``--transfer_source augment``, the
+affine views themselves) -> pre-train the student by distillation (``--method tskd`` or ``takd``; none for
 ``scratch``) -> fine-tune the student on the labels -> evaluate teacher and student on the test split.
 A stage whose outputs exist for the same inputs (including its upstream stages) is skipped, so an
 interrupted run continues where it stopped (each bundle also resumes its own training). Writes
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from common.data import make_transfer_set, prepare_demo
 from common.data.figures import save_prediction_grid
 from common.engines.metrics import format_report
 
@@ -27,10 +29,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Epochs per stage and transfer-set size. "paper" follows the paper; "quick" fits the demo in
 # about 12 minutes on 2 CPU cores.
+# The synthetic transfer set comes from a DDPM trained on ``augmented`` views of the labelled images;
+# "quick" trains a small generator at 64² (the distillation stage resizes to the task size).
 PROFILES = {
-    "quick": {"teacher": 10, "pretrain": 25, "student": 40, "transfer": 160, "pretrain_batch": 16},
-    "paper": {"teacher": 160, "pretrain": 1600, "student": 160, "transfer": 3000, "pretrain_batch": 48},
-    "smoke": {"teacher": 1, "pretrain": 1, "student": 1, "transfer": 8, "pretrain_batch": 4},  # wiring check (tests)
+    "quick": {"teacher": 10, "pretrain": 25, "student": 40, "transfer": 160, "pretrain_batch": 16,
+              "augmented": 160, "synth": 30, "synth_size": 64, "synth_width": 16, "sample_steps": 20},
+    "paper": {"teacher": 160, "pretrain": 1600, "student": 160, "transfer": 3000, "pretrain_batch": 48,
+              "augmented": 1000, "synth": 300, "synth_size": 0, "synth_width": 32, "sample_steps": 50},
+    "smoke": {"teacher": 1, "pretrain": 1, "student": 1, "transfer": 8, "pretrain_batch": 4,  # wiring check (tests)
+              "augmented": 8, "synth": 1, "synth_size": 32, "synth_width": 16, "sample_steps": 2},
 }
 METHODS = ("tskd", "takd", "scratch")
 
@@ -89,6 +96,36 @@ def _call(args: list[str]) -> None:
         sys.exit(f"stage failed (exit {result.returncode}): python -m monai.bundle run {' '.join(args)}")
 
 
+def augmented_set(data_dir: str, out: str, size: int, labels: int, seed: int) -> str:
+    """The labelled training images plus seeded affine views, ``size`` in all (made once)."""
+    folder = os.path.join(out, f"augmented_{size}_labels{labels}_seed{seed}")
+    if not os.path.isfile(os.path.join(folder, "datalist.json")):
+        print(f"\n=== augmented set: {size} images from the labelled training images -> {folder}", flush=True)
+        make_transfer_set(os.path.join(data_dir, "datalist.json"), folder, size=size, labels=labels, seed=seed)
+    return folder
+
+
+def synthetic_set(args, data_dir: str, out: str, size: int, profile: dict) -> tuple[str, str]:
+    """Train the DDPM on the augmented set (synth bundle), then sample ``size`` images with DDIM."""
+    augmented = augmented_set(data_dir, out, profile["augmented"], args.labels, args.seed)
+    synth_root = os.path.join(out, "synth")
+    synth = {"dataset_dir": data_dir, "seed": args.seed, "augmented_file": os.path.join(augmented, "datalist.json"),
+             "epochs": profile["synth"], "denoiser": args.denoiser, "denoiser_width": profile["synth_width"]}
+    if profile["synth_size"]:
+        synth["image_size"] = profile["synth_size"]
+    stamp = train_bundle(args.dataset, "synth", synth_root, synth)
+    folder = os.path.join(synth_root, f"synthetic_{size}_seed{args.seed}_{stamp}")
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        print(f"\n=== synthetic transfer set: sampling {size} images (DDIM {profile['sample_steps']} steps) -> {folder}",
+              flush=True)
+        configs = _bundle(args.dataset, "synth")
+        _call(["--config_file", str([os.path.join(configs, "train.json"), os.path.join(configs, "sample.json")]),
+               "--meta_file", os.path.join(configs, "metadata.json"), *_args(synth, synth_root),
+               f"--n_samples={size}", f"--sample_steps={profile['sample_steps']}", f"--sample_seed={args.seed}",
+               f"--synth_dir={folder}"])
+    return folder, stamp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="demo", help="bundle prefix: bundles/<dataset>_{teacher,student}")
@@ -96,6 +133,9 @@ def main() -> None:
     parser.add_argument("--method", choices=METHODS, default="tskd", help="student pre-training")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--transfer", type=int, default=0, help="transfer-set size (default: the profile's)")
+    parser.add_argument("--transfer_source", choices=["synth", "augment"], default="synth",
+                        help="synth: DDPM samples (the paper); augment: affine views of the labelled images")
+    parser.add_argument("--denoiser", choices=["unet", "swin"], default="unet", help="the DDPM's denoiser")
     parser.add_argument("--labels", type=int, default=0, help="labelled training images to use (0: all)")
     parser.add_argument("--teacher", default="litemedsam", help="litemedsam (embedded) or vit_b / vit_l / vit_h")
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
@@ -115,8 +155,6 @@ def main() -> None:
         data_dir = os.path.join(out, "data")
         if not os.path.isfile(os.path.join(data_dir, "datalist.json")):
             print("=== preparing the demo dataset (MNI152 brain MRI from nilearn)", flush=True)
-            from common.data import prepare_demo
-
             prepare_demo(data_dir)
     data_dir = os.path.abspath(data_dir)
     profile = PROFILES[args.profile]
@@ -138,19 +176,17 @@ def main() -> None:
     upstream = ""
     if args.method != "scratch":
         size = args.transfer or profile["transfer"]
-        transfer_dir = os.path.join(out, f"transfer_{size}_labels{args.labels}")
-        if not os.path.isfile(os.path.join(transfer_dir, "datalist.json")):
-            print(f"\n=== transfer set: {size} images from the labelled training images -> {transfer_dir}", flush=True)
-            from common.data import make_transfer_set
-
-            make_transfer_set(os.path.join(data_dir, "datalist.json"), transfer_dir, size=size, labels=args.labels,
-                              seed=args.seed)
+        if args.transfer_source == "augment":
+            transfer_dir = augmented_set(data_dir, out, size, args.labels, args.seed)
+            transfer_stamp = ""
+        else:
+            transfer_dir, transfer_stamp = synthetic_set(args, data_dir, out, size, profile)
         pretrain_root = os.path.join(out, f"pretrain_{args.method}")
         pretrain = {**base, **foundation, "method": args.method, "epochs": profile["pretrain"],
                     "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
                     "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
-                                upstream=teacher_stamp if args.method == "tskd" else "")
+                                upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp)
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
     student_root = os.path.join(out, f"student_{args.method}")
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream)

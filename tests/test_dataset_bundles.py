@@ -21,7 +21,7 @@ TREES = {
     "drive": make_drive,
     "folder": lambda root: make_pairs(root, mask_dir="labels", values=[1, 2], ext="png"),
 }
-STAGES = ["teacher", "pretrain", "student"]
+STAGES = ["synth", "teacher", "pretrain", "student"]
 SIZE = 64
 SCHEMA = os.path.join(SHARED, "zoo", "meta_schema_20240725.json")
 
@@ -54,6 +54,9 @@ def test_bundle_trains_one_epoch_on_its_data(dataset, stage, converted, tmp_path
     info = json.load(open(os.path.join(converted[dataset], "datalist.json")))
     overrides = {"bundle_root": str(tmp_path), "dataset_dir": converted[dataset], "epochs": 1, "image_size": SIZE,
                  "batch_size": 2, "device": "$torch.device('cpu')"}
+    if stage == "synth":
+        make_transfer_set(os.path.join(converted[dataset], "datalist.json"), str(tmp_path / "augmented"), size=4)
+        overrides.update(augmented_file=str(tmp_path / "augmented" / "datalist.json"), denoiser_width=16)
     if stage == "pretrain":
         make_transfer_set(os.path.join(converted[dataset], "datalist.json"), str(tmp_path / "transfer"), size=4)
         teacher = build_teacher("litemedsam", image_size=SIZE, num_classes=len(info["labels"]),
@@ -64,8 +67,7 @@ def test_bundle_trains_one_epoch_on_its_data(dataset, stage, converted, tmp_path
     bundle_run(config_file=os.path.join(configs, "train.json"), meta_file=os.path.join(configs, "metadata.json"),
                logging_file=os.path.join(configs, "logging.conf"), **overrides)
     assert (tmp_path / "models" / "model.pt").is_file()
-    if stage != "pretrain":
-        assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").is_file()
     if isinstance(train["class_names"], list):  # fixed classes must match what the converter wrote
         assert train["class_names"] == [info["labels"][k] for k in sorted(info["labels"], key=int)]
         assert train["in_channels"] == info["channels"]

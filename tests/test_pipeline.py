@@ -24,8 +24,14 @@ def stages(output):
 def test_pipeline_writes_metrics_and_skips_done_stages(demo_small, tmp_path):
     out = tmp_path / "run"
     first = pipeline("--data_dir", demo_small, "--out", str(out), "--method", "tskd")
-    for stage in ("teacher: training", "transfer set", "pretrain: training", "student: training"):
+    for stage in ("teacher: training", "augmented set", "synth: training", "synthetic transfer set: sampling",
+                  "pretrain: training", "student: training"):
         assert stage in first
+    synthetic = [d for d in os.listdir(out / "synth") if d.startswith("synthetic_")]
+    manifest = json.load(open(out / "synth" / synthetic[0] / "manifest.json"))
+    assert manifest["count"] == 8 and len(manifest["generator_sha256"]) == 64
+    assert json.load(open(out / "pretrain_tskd" / "done.json"))["overrides"]["transfer_file"].startswith(
+        str(out / "synth" / synthetic[0]))
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics) == {"teacher", "student"}
     for report in metrics.values():
@@ -36,7 +42,7 @@ def test_pipeline_writes_metrics_and_skips_done_stages(demo_small, tmp_path):
     # Same inputs: every training stage is skipped; another method reuses the teacher only.
     again = stages(pipeline("--data_dir", demo_small, "--out", str(out), "--method", "tskd"))
     assert not any(": training (" in line for line in again)
-    assert sum("already trained" in line for line in again) == 3
+    assert sum("already trained" in line for line in again) == 4  # teacher, synth, pretrain, student
     scratch = stages(pipeline("--data_dir", demo_small, "--out", str(out), "--method", "scratch"))
     assert any("teacher: already trained" in line for line in scratch)
     assert any("student: training" in line for line in scratch) and not any("pretrain" in line for line in scratch)
