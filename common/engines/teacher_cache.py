@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common.data.io import file_sha256 as file_digest
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS
 from common.errors import TskdError
 
@@ -36,15 +37,6 @@ __all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset", "module_digest"
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def module_digest(module: nn.Module) -> str:

@@ -7,7 +7,6 @@ Training (Ho et al. 2020): noise a clean image x0 at a random step t with diffus
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -21,7 +20,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from tqdm import tqdm
 
-from common.data.io import atomic_folder
+from common.data.io import atomic_folder, file_sha256
 from common.models.checkpoints import load_state_file
 
 __all__ = ["build_scheduler", "DiffusionTrainer", "sample", "write_synthetic_set"]
@@ -109,14 +108,6 @@ def sample(denoiser: nn.Module, n: int, image_size: int, channels: int, sampler:
     return torch.cat(out)
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_synthetic_set(denoiser: nn.Module, checkpoint: str, out: str, n: int, image_size: int, channels: int,
                         sampler: str = "ddim", steps: int = 50, batch_size: int = 16, seed: int = 0,
                         device: str | torch.device = "cpu") -> dict:
@@ -136,7 +127,7 @@ def write_synthetic_set(denoiser: nn.Module, checkpoint: str, out: str, n: int, 
     state = load_state_file(checkpoint, "generator checkpoint", "Train the synth bundle first (configs/train.json).")
     denoiser.load_state_dict(state)
     images = sample(denoiser, n, image_size, channels, sampler, steps, batch_size, seed, device)
-    manifest = {"generator": os.path.abspath(checkpoint), "generator_sha256": _file_sha256(checkpoint), "seed": seed,
+    manifest = {"generator": os.path.abspath(checkpoint), "generator_sha256": file_sha256(checkpoint), "seed": seed,
                 "sampler": sampler, "steps": steps, "count": n,
                 "image_size": image_size, "channels": channels}
     datalist = {"name": "synthetic", "manifest": manifest, "training": []}
