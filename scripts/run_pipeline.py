@@ -56,15 +56,22 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
     Returns:
         The stage's stamp (a hash of its overrides and ``upstream``), for the stages after it.
     """
-    stamp_file = os.path.join(root, "done.json")
+    stamp_file, pending_file = os.path.join(root, "done.json"), os.path.join(root, "pending.json")
     stamp = _stamp({"overrides": overrides, "upstream": upstream})
     if os.path.isfile(stamp_file) and json.load(open(stamp_file)).get("stamp") == stamp:
         print(f"\n=== {stage}: already trained with these settings ({root}), skipping", flush=True)
         return stamp
-    print(f"\n=== {stage}: training ({overrides.get('epochs')} epochs) -> {root}", flush=True)
-    start = time.time()
-    _call(["--config_file", os.path.join(_bundle(dataset, stage), "train.json"), *_args(overrides, root)])
+    # Resume only an interrupted run of these same settings; anything else in the folder is stale.
+    resume = os.path.isfile(pending_file) and json.load(open(pending_file)).get("stamp") == stamp
+    print(f"\n=== {stage}: training ({overrides.get('epochs')} epochs{', resuming' if resume else ''}) -> {root}",
+          flush=True)
     os.makedirs(root, exist_ok=True)
+    with open(pending_file, "w") as f:
+        json.dump({"stamp": stamp}, f)
+    start = time.time()
+    _call(["--config_file", os.path.join(_bundle(dataset, stage), "train.json"), *_args(overrides, root),
+           f"--resume={resume}"])
+    os.remove(pending_file)
     with open(stamp_file, "w") as f:
         json.dump({"stamp": stamp, "overrides": overrides, "seconds": round(time.time() - start)}, f)
     return stamp

@@ -11,7 +11,9 @@ from conftest import ROOT, SHARED
 
 BUNDLES = sorted(d for d in os.listdir(os.path.join(ROOT, "bundles")) if not d.startswith("_")
                  and os.path.isdir(os.path.join(ROOT, "bundles", d)))
-DEMO = [b for b in BUNDLES if b.startswith("demo_")]  # the dataset bundles: test_dataset_bundles.py
+# Segmentation bundles of the demo (the synth bundle has its own test; the other datasets' bundles are in
+# test_dataset_bundles.py).
+DEMO = [b for b in BUNDLES if b.startswith("demo_") and b != "demo_synth"]
 SCHEMA = os.path.join(SHARED, "zoo", "meta_schema_20240725.json")
 
 
@@ -120,6 +122,9 @@ def test_student_training_resumes(demo_small, tmp_path):
     assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log.split("resuming from")[1].split("SupervisedEvaluator")[0]
     assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
+    fresh = ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", "--resume", "false", *common))
+    assert "handlers - INFO - resuming from" not in fresh.stdout + fresh.stderr
+    assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint*")) == ["checkpoint_epoch=1.pt"]
 
 
 def test_bad_input_gives_one_clear_error(demo_small, tmp_path):
@@ -136,3 +141,25 @@ def test_bad_input_gives_one_clear_error(demo_small, tmp_path):
     untrained = bundle_run("demo_student", ["inference.json"], "--dataset_dir", demo_small,
                            "--bundle_root", str(tmp_path / "empty"))
     assert untrained.returncode != 0 and "tskd error: trained model not found" in untrained.stderr
+
+
+def test_synth_bundle_trains_samples_evaluates_and_infers(demo_small, tmp_path):
+    from common.data import make_transfer_set
+
+    make_transfer_set(os.path.join(demo_small, "datalist.json"), str(tmp_path / "augmented"), size=4)
+    common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "32",
+              "--denoiser_width", "16", "--batch_size", "2"]
+    ok(bundle_run("demo_synth", ["train.json"], "--epochs", "1", "--augmented_file",
+                  str(tmp_path / "augmented" / "datalist.json"), *common))
+    assert (tmp_path / "models" / "model.pt").is_file()
+    ok(bundle_run("demo_synth", ["train.json", "sample.json"], "--n_samples", "3", "--sample_steps", "2", *common))
+    synthetic = tmp_path / "synthetic"
+    manifest = json.load(open(synthetic / "manifest.json"))
+    assert manifest["count"] == 3 and manifest["steps"] == 2 and manifest["sampler"] == "ddim"
+    assert len(json.load(open(synthetic / "quality.json"))["per_image"]) == 3 and (synthetic / "samples.png").is_file()
+    os.remove(synthetic / "quality.json")
+    ok(bundle_run("demo_synth", ["train.json", "evaluate.json"], *common))
+    assert (synthetic / "quality.json").is_file()
+    ok(bundle_run("demo_synth", ["inference.json"], "--dataset_dir", demo_small, "--bundle_root", str(tmp_path),
+                  "--image_size", "32", "--denoiser_width", "16", "--n_samples", "2", "--sample_steps", "2"))
+    assert json.load(open(synthetic / "manifest.json"))["count"] == 2

@@ -67,18 +67,23 @@ class ResumableCheckpoint:
     Args:
         save_dir: checkpoint folder.
         save_dict: objects with ``state_dict``/``load_state_dict`` (model, optimizer, lr scheduler).
-        resume: load the latest ``checkpoint_epoch=N.pt`` in ``save_dir`` before training, if any.
+        resume: load the latest ``checkpoint_epoch=N.pt`` in ``save_dir`` before training, if any; when
+            False, older epoch checkpoints in ``save_dir`` are deleted so that no later run resumes from them.
         save_interval: epochs between checkpoints.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, resume: bool = True, save_interval: int = 1) -> None:
+    def __init__(self, save_dir: str, save_dict: dict, resume: bool | str = True, save_interval: int = 1) -> None:
         self.save_dir = save_dir
         self.save_dict = save_dict
-        self.resume = resume
+        # ``--resume false`` reaches a config as the string "false".
+        self.resume = resume if isinstance(resume, bool) else str(resume).strip().lower() not in ("false", "0", "no", "")
         self.save_interval = save_interval
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.save_dict, "trainer": engine}
+        if not self.resume:  # a fresh start: an older run's epoch files must not be resumed from later
+            for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
+                os.remove(old)
         path = latest_checkpoint(self.save_dir) if self.resume else None
         if path:
             CheckpointLoader(load_path=path, load_dict=objects, map_location="cpu").attach(engine)
