@@ -56,7 +56,6 @@ def make_ph2(root: str, n: int = 6) -> str:
 
 
 def write_dicom(path: str, array: np.ndarray, instance: int, spacing: float = 1.5) -> str:
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
