@@ -12,7 +12,7 @@ import os
 import sys
 from types import TracebackType
 
-__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook"]
+__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook", "first_line"]
 
 # DataLoader workers re-raise errors in the main process by message only, so the marker also lets the
 # hook recognise an error whose class was lost on the way.
@@ -38,15 +38,21 @@ class DataError(TskdError):
     """A dataset, datalist, image or mask cannot be used as given."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, or its class name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 def _find_tskd_message(exc: BaseException | None) -> str | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, TskdError):
-            return exc.message
+            return exc.message or type(exc).__name__
         text = str(exc)
         if MARKER in text:
-            return text.split(MARKER, 1)[1].strip()
+            return text.split(MARKER, 1)[1].strip() or type(exc).__name__
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -34,10 +34,15 @@ def main() -> None:
         p.add_argument("--image_size", type=int, default=None, help="output side (default: the paper's)")
         p.add_argument("--seed", type=int, default=0, help="split seed")
         p.add_argument("--test_fraction", type=float, default=0.2)
-        p.add_argument("--val_fraction", type=float, default=0.1)
+        p.add_argument("--val_fraction", type=float, default=0.1,
+                       help="share for validation; 0: none, so every labelled image can be trained on (the last "
+                            "epoch's weights are kept)")
         if name == "folder":
             p.add_argument("--classes", default="", help="name=value,... (default: the mask values found)")
             p.add_argument("--channels", type=int, choices=[1, 3], default=None)
+            p.add_argument("--spacing", type=float, nargs=2, metavar=("ROWS_MM", "COLS_MM"), default=None,
+                           help="pixel spacing in mm of images whose format has none (PNG, JPG...); without it HD95 "
+                                "is reported in pixels")
     transfer = sub.add_parser("transfer", help="unlabelled transfer set: the labelled images + seeded affine views")
     transfer.add_argument("--datalist", required=True, help="the dataset's datalist.json")
     transfer.add_argument("--out", required=True, help="output folder (replaced)")
@@ -55,9 +60,12 @@ def main() -> None:
         else:
             info = prepare_dataset(args.dataset, args.src, args.out, image_size=args.image_size,
                                    classes=getattr(args, "classes", ""), channels=getattr(args, "channels", None),
-                                   seed=args.seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction)
+                                   seed=args.seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
+                                   spacing=tuple(args.spacing) if getattr(args, "spacing", None) else None)
     except TskdError as e:
         sys.exit(f"prepare_data: {e.message}")
+    except OSError as e:
+        sys.exit(f"prepare_data: cannot write '{args.out}' ({e.strerror or type(e).__name__}: {e.filename or ''})")
     counts = ", ".join(f"{k} {len(info[k])}" for k in ("training", "validation", "test"))
     print(f"{args.dataset} written to {args.out}: {counts} images of {info['image_size']}²; "
           f"classes {list(info['labels'].values())}" + (f"; label budgets {info['budgets']}" if info.get("budgets") else ""))

@@ -36,13 +36,16 @@ def save(path: str, array: np.ndarray, **kw) -> str:
     return path
 
 
-def make_drive(root: str) -> str:
-    for split, numbers in (("training", [21, 22, 23, 24]), ("test", [1, 2])):
+def make_drive(root: str, n_train: int = 4, n_test: int = 2) -> str:
+    """DRIVE's layout; the field of view covers all but the 4 right-most columns."""
+    fov = np.full((H, W), 255, np.uint8)
+    fov[:, -4:] = 0
+    for split, numbers in (("training", range(21, 21 + n_train)), ("test", range(1, 1 + n_test))):
         for n in numbers:
             tag = f"{n:02d}_{split if split == 'test' else 'training'}"
             save(f"{root}/{split}/images/{tag}.tif", rgb(n))
             save(f"{root}/{split}/1st_manual/{n:02d}_manual1.gif", stripe([255]))
-            save(f"{root}/{split}/mask/{tag}_mask.gif", np.full((H, W), 255, np.uint8))
+            save(f"{root}/{split}/mask/{tag}_mask.gif", fov)
     return root
 
 
@@ -70,6 +73,7 @@ def write_dicom(path: str, array: np.ndarray, instance: int, spacing: float = 1.
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelSpacing = [spacing, spacing]
     ds.InstanceNumber = instance
+    ds.SliceThickness = 6.0
     ds.PixelData = array.astype(np.uint16).tobytes()
     ds.is_little_endian, ds.is_implicit_VR = True, False
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
+import torch
+
 from common.data import ValidateSampled, block_split, class_names, load_datalist
 from common.errors import DataError
 
@@ -42,6 +44,7 @@ def test_datalist_errors_name_the_problem(tmp_path, demo_small):
         load_datalist(str(tmp_path / "none.json"))
     info = json.load(open(os.path.join(demo_small, "datalist.json")))
     info["validation"] = []
+    info["allow_external_paths"] = True  # absolute paths into the demo folder, on purpose
     info["training"] = [{k: os.path.join(demo_small, v) if k in ("image", "label") else v for k, v in item.items()}
                         for item in info["training"]]
     info["training"][0]["image"] = "images/gone_1.nii.gz"
@@ -52,8 +55,24 @@ def test_datalist_errors_name_the_problem(tmp_path, demo_small):
         load_datalist(str(path), "validation")
     with pytest.raises(DataError, match=r"(?s)2 file\(s\).*gone_1.nii.gz.*gone_2.nii.gz"):
         load_datalist(str(path), "training")
-    with pytest.raises(DataError, match="budget of 999"):
+    with pytest.raises(DataError, match="budget of 999.*--val_fraction 0"):
         load_datalist(os.path.join(demo_small, "datalist.json"), "training", limit=999)
+    with pytest.raises(DataError, match="labels must be 0"):
+        load_datalist(os.path.join(demo_small, "datalist.json"), "training", limit=-1)
+    assert load_datalist(str(path), "validation", allow_empty=True) == []
+
+
+def test_datalist_entries_must_stay_in_the_dataset_folder(tmp_path, demo_small):
+    info = json.load(open(os.path.join(demo_small, "datalist.json")))
+    secret = tmp_path / "secret.nii.gz"
+    secret.write_bytes(b"not yours")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for entry in ("../secret.nii.gz", str(secret), "images/../../secret.nii.gz"):
+        info["training"][0]["image"] = entry
+        (folder / "datalist.json").write_text(json.dumps(info))
+        with pytest.raises(DataError, match="outside the dataset folder"):
+            load_datalist(str(folder / "datalist.json"), "training")
 
 
 def test_validate_sample_rejects_size_mismatch_and_unknown_labels(tmp_path):
@@ -69,3 +88,92 @@ def test_validate_sample_rejects_size_mismatch_and_unknown_labels(tmp_path):
         check(load({"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "small_mask.nii.gz")}))
     with pytest.raises(DataError, match=r"bad_mask.nii.gz' holds label values \[7\]"):
         check(load({"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "bad_mask.nii.gz")}))
+
+
+def _rgb_folder(root, n=6, size=32):
+    """An RGB dataset like the one that exposed the bug: purple background, a red disk per image."""
+    from dataset_trees import save
+
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        image = np.empty((size, size, 3), np.uint8)
+        image[:] = (138, 79, 156)
+        disk = (yy - 10 - i) ** 2 + (xx - 16) ** 2 < 36
+        image[disk] = (220, 20, 20)
+        save(f"{root}/images/c{i}.png", image)
+        save(f"{root}/labels/c{i}.png", disk.astype(np.uint8) * 255)
+    return root
+
+
+def test_rgb_transfer_set_keeps_colours_and_content(tmp_path):
+    from common.data import make_transfer_set, prepare_dataset
+
+    src = _rgb_folder(str(tmp_path / "src"))
+    prepare_dataset("folder", src, str(tmp_path / "data"), image_size=32, classes="disk=255", val_fraction=0)
+    info = make_transfer_set(str(tmp_path / "data" / "datalist.json"), str(tmp_path / "t"), size=20, seed=0)
+    originals = len(load_datalist(str(tmp_path / "data" / "datalist.json"), "training"))
+    for item in info["training"][originals:]:
+        view = np.asarray(nib.load(str(tmp_path / "t" / item["image"])).dataobj)
+        assert view.shape == (32, 32, 3)
+        centre = view[8:24, 8:24].reshape(-1, 3)  # away from the zero padding of the borders
+        background = centre[(np.abs(centre - (138, 79, 156)).sum(1) < 30)]
+        assert len(background) > 0.4 * len(centre), "the background colour is gone"
+        assert (np.abs(centre - (220, 20, 20)).sum(1) < 60).any(), "the red disk is gone"
+        assert (view == 0).all(-1).mean() < 0.25  # zeros only where padding came in
+
+
+def test_augmentation_translates_by_the_configured_fraction_of_the_side():
+    from common.data import random_affine
+
+    size, fraction = 64, 0.25
+    image = torch.zeros(1, size, size)
+    image[0, 28:36, 28:36] = 1.0
+    shift = random_affine("image", size, prob=1.0, rotate=0.0, scale=0.0, translate=fraction, mode="nearest")
+    shift.set_random_state(seed=0)
+    moves = []
+    for _ in range(40):
+        out = torch.as_tensor(shift({"image": image.clone()})["image"])[0]
+        rows, cols = torch.nonzero(out > 0.5, as_tuple=True)
+        moves.append((abs(rows.float().mean().item() - 31.5), abs(cols.float().mean().item() - 31.5)))
+    limit = fraction * size
+    assert all(r <= limit + 0.5 and c <= limit + 0.5 for r, c in moves)
+    assert max(r for r, _ in moves) > 0.6 * limit and max(c for _, c in moves) > 0.6 * limit  # both axes, in pixels
+    scale = random_affine("image", size, prob=1.0, rotate=0.0, scale=0.3, translate=0.0, mode="nearest")
+    scale.set_random_state(seed=1)
+    heights, widths = [], []
+    for _ in range(30):
+        out = torch.as_tensor(scale({"image": image.clone()})["image"])[0] > 0.5
+        heights.append(int(out.any(1).sum()))
+        widths.append(int(out.any(0).sum()))
+    assert len(set(heights)) > 2 and len(set(widths)) > 2  # scaling reaches both axes, not the rows only
+
+
+def test_load_image_2d_gives_channel_first_and_names_misfits(tmp_path):
+    from common.data import LoadImage2Dd
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 6, 3), np.float32), np.eye(4)), tmp_path / "rgb.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 6), np.float32), np.eye(4)), tmp_path / "grey.nii.gz")
+    assert LoadImage2Dd("image", in_channels=3)({"image": str(tmp_path / "rgb.nii.gz")})["image"].shape == (3, 8, 6)
+    assert LoadImage2Dd("image")({"image": str(tmp_path / "grey.nii.gz")})["image"].shape == (1, 8, 6)
+    with pytest.raises(DataError, match="grey.nii.gz.*3-channel"):
+        LoadImage2Dd("image", in_channels=3)({"image": str(tmp_path / "grey.nii.gz")})
+    with pytest.raises(DataError, match="rgb.nii.gz.*2D single-channel"):
+        LoadImage2Dd("image", in_channels=1)({"image": str(tmp_path / "rgb.nii.gz")})
+
+
+def test_errors_with_empty_messages_are_still_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    from common.errors import TskdError, first_line
+    from common.models import load_state_file
+
+    assert first_line(ValueError()) == "ValueError" and first_line(OSError("a\nb")) == "a"
+    bad = tmp_path / "empty.pt"
+    bad.write_bytes(b"")
+    with pytest.raises(TskdError, match="empty.pt' could not be read"):
+        load_state_file(str(bad), "trained model")
+    # The hook itself, on an error whose message is empty.
+    code = "import common; from common.errors import TskdError; raise TskdError('')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and "tskd error: TskdError" in result.stderr and "Traceback" not in result.stderr

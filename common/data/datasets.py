@@ -58,8 +58,9 @@ def _find_drive(src: str) -> list[Case]:
             number = _stem(image).split("_")[0]
             manual = os.path.join(src, folder, "1st_manual", f"{number}_manual1.gif")
             fov = os.path.join(src, folder, "mask", f"{_stem(image)}_mask.gif")
+            # The field of view is the evaluation mask: DRIVE's vessel metrics are computed inside it.
             cases.append(Case(f"drive_{number}", image, [manual], group=number, split=split,
-                              extra={"fov": fov} if os.path.isfile(fov) else {}))
+                              roi=fov if os.path.isfile(fov) else None))
     return cases
 
 
@@ -85,10 +86,13 @@ def _chaos_value(v: int) -> int | None:
     return None
 
 
-def _instance_number(path: str) -> int:
+def _dicom_slice(path: str) -> tuple[int, float]:
+    """(InstanceNumber, distance between slices in mm) from a DICOM header."""
     import pydicom
 
-    return int(getattr(pydicom.dcmread(path, stop_before_pixels=True), "InstanceNumber", 0) or 0)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    spacing = getattr(header, "SpacingBetweenSlices", None) or getattr(header, "SliceThickness", None) or 1.0
+    return int(getattr(header, "InstanceNumber", 0) or 0), float(spacing)
 
 
 def _find_chaos(src: str) -> list[Case]:
@@ -99,14 +103,17 @@ def _find_chaos(src: str) -> list[Case]:
         dicoms = glob.glob(os.path.join(patient, "DICOM_anon", "*.dcm"))
         grounds = sorted(glob.glob(os.path.join(patient, "Ground", "*.png")))
         try:
-            dicoms = sorted(dicoms, key=_instance_number)  # slices paired with Ground PNGs by instance order
+            headers = {d: _dicom_slice(d) for d in dicoms}
+            dicoms = sorted(dicoms, key=lambda d: headers[d][0])  # paired with Ground PNGs by instance order
         except Exception as e:
             raise DataError(f"CHAOS patient {pid}: cannot read the DICOM headers in '{patient}/DICOM_anon' ({e})") from e
         if len(dicoms) != len(grounds):
             raise DataError(f"CHAOS patient {pid}: {len(dicoms)} DICOM slices but {len(grounds)} Ground masks in "
                             f"'{patient}'; they are paired by instance order and must match one to one")
         for i, (dcm, ground) in enumerate(zip(dicoms, grounds)):
-            cases.append(Case(f"chaos_{pid}_{i:03d}", dcm, [ground], group=pid))
+            # slice order and spacing let evaluation stack each patient's slices into a volume (3D Dice/HD95)
+            cases.append(Case(f"chaos_{pid}_{i:03d}", dcm, [ground], group=pid,
+                              extra={"slice": i, "slice_spacing": headers[dcm][1]}))
     return cases
 
 
@@ -197,14 +204,38 @@ def parse_classes(text: str) -> tuple[list[str], dict[int, int]]:
     return names, value_map
 
 
+# Lossy (JPEG) masks: compression adds many rare values around the real labels (254, 253, 1, 2 … around
+# 255 and 0). A value is "rare" below this share of all mask pixels.
+RARE_SHARE = 0.002
+MAX_RARE_VALUES = 4
+
+
+def _check_lossless(counts: dict[int, int], files: dict[int, list[str]]) -> None:
+    total = sum(counts.values())
+    rare = sorted(v for v, n in counts.items() if n < RARE_SHARE * total)
+    if len(rare) <= MAX_RARE_VALUES:
+        return
+    named = sorted({f for v in rare for f in files[v]})
+    raise DataError(f"the masks hold {len(counts)} different values, {len(rare)} of them rare (e.g. {rare[:8]}): "
+                    "this is the pattern of lossy (JPEG) compression, not of label maps. Name the real classes with "
+                    "--classes name=value,… or export the masks losslessly (PNG). Files with rare values: "
+                    + ", ".join(named[:5]) + (f" … (+{len(named) - 5} more)" if len(named) > 5 else ""))
+
+
 def _detect_classes(cases: list[Case]) -> tuple[list[str], dict[int, int]]:
-    values: set[int] = set()
+    counts: dict[int, int] = {}
+    files: dict[int, list[str]] = {}
     for case in cases:
         if case.masks[0] and os.path.isfile(case.masks[0]):
             try:
-                values.update(int(v) for v in np.unique(read_mask(case.masks[0])))
+                mask = read_mask(case.masks[0])
             except DataError:
-                pass  # reported with the others by convert_cases
+                continue  # reported with the others by convert_cases
+            for v, n in zip(*np.unique(mask, return_counts=True)):
+                counts[int(v)] = counts.get(int(v), 0) + int(n)
+                files.setdefault(int(v), []).append(case.masks[0])
+    _check_lossless(counts, files)
+    values = set(counts)
     ordered = sorted(values | {0})
     print(f"label values found: {ordered} -> classes {list(range(len(ordered)))} "
           "(name them with --classes name=value,...)")
@@ -213,7 +244,7 @@ def _detect_classes(cases: list[Case]) -> tuple[list[str], dict[int, int]]:
 
 def prepare_dataset(dataset: str, src: str, out: str, *, image_size: int | None = None, classes: str = "",
                     channels: int | None = None, seed: int = 0, test_fraction: float = 0.2,
-                    val_fraction: float = 0.1) -> dict:
+                    val_fraction: float = 0.1, spacing: tuple[float, float] | None = None) -> dict:
     """Convert ``src`` (a dataset as distributed, or ``folder``: images/ + labels/) into ``out``.
 
     Args:
@@ -225,7 +256,9 @@ def prepare_dataset(dataset: str, src: str, out: str, *, image_size: int | None 
         channels: 1 or 3 (default: the dataset's; ``folder``: 3 if the first image is colour).
         seed: split seed.
         test_fraction: share of groups held out for test (when the distribution has no test set).
-        val_fraction: share of groups for validation.
+        val_fraction: share of groups for validation; 0 keeps no validation split (train on every labelled
+            image; the last epoch's weights are kept).
+        spacing: ``folder`` only: pixel spacing (rows, cols) in mm for images whose format carries none.
 
     Returns:
         The datalist written.
@@ -247,6 +280,6 @@ def prepare_dataset(dataset: str, src: str, out: str, *, image_size: int | None 
     else:
         raise DataError(f"unknown dataset '{dataset}'; choose one of {sorted(DATASETS) + ['folder']}")
     return convert_cases(cases, out, name=dataset, source=src, classes=spec.classes, value_map=spec.value_map,
-                         combine=spec.combine, image_size=image_size or spec.image_size,
+                         combine=spec.combine, image_size=spec.image_size if image_size is None else image_size,
                          channels=channels or spec.channels, budgets=spec.budgets, seed=seed,
-                         test_fraction=test_fraction, val_fraction=val_fraction, layout=spec.layout)
+                         test_fraction=test_fraction, val_fraction=val_fraction, layout=spec.layout, spacing=spacing)

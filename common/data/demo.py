@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from common.data.io import atomic_folder
 from common.errors import DataError
+from common.settings import check_image_size
 
 __all__ = ["MNI_FILES", "mni_paths", "block_split", "prepare_demo"]
 
@@ -87,6 +88,7 @@ def prepare_demo(out: str, image_size: int = 128, stride: int = 2, block: int = 
     Returns:
         The datalist dict that was written.
     """
+    image_size = check_image_size(image_size)
     paths = mni_paths()
     t1, gm, wm = (np.asarray(nib.load(paths[k]).get_fdata(dtype=np.float32)) for k in ("t1", "gm", "wm"))
     spacing_in = float(nib.load(paths["t1"]).header.get_zooms()[0])
@@ -101,7 +103,7 @@ def prepare_demo(out: str, image_size: int = 128, stride: int = 2, block: int = 
     datalist: dict = {"name": "demo", "description": "Axial slices of the MNI152 2009a template (nilearn), "
                       "grey/white matter from its tissue probability maps",
                       "labels": {str(i): c for i, c in enumerate(CLASSES)}, "spacing": [spacing, spacing],
-                      "image_size": image_size, "channels": 1, "training": [], "validation": [], "test": []}
+                      "spacing_unit": "mm", "image_size": image_size, "channels": 1, "training": [], "validation": [], "test": []}
     with atomic_folder(out, datalist) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
         os.makedirs(os.path.join(tmp, "labels"))

@@ -1,16 +1,23 @@
-"""Transforms MONAI does not have: checks that stop bad samples with a clear error."""
+"""Transforms every stage shares: the one way images are loaded, the one affine augmentation, and checks
+that stop bad samples with a clear error.
+
+Loading and augmentation live here (not copied into each config or script) because two loading chains
+for the same files drift apart: an RGB NIfTI loaded without ``channel_dim`` becomes (1, H, W, 3) and a
+2D augmentation then runs in 3D, mixing colour into space.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.transforms import MapTransform
+from monai.config import KeysCollection
+from monai.transforms import EnsureChannelFirst, LoadImaged, MapTransform, RandAffined
 
 from common.errors import DataError
 
-__all__ = ["ValidateSampled"]
+__all__ = ["LoadImage2Dd", "random_affine", "ValidateSampled", "MaskOutsideROId"]
 
 
 def _source(data: Mapping[Hashable, Any], key: str) -> str:
@@ -19,24 +26,103 @@ def _source(data: Mapping[Hashable, Any], key: str) -> str:
     return str(meta.get("filename_or_obj", "<in memory>"))
 
 
-class ValidateSampled(MapTransform):
-    """Check one loaded image/label pair: same spatial size, label values in ``0..num_classes-1``.
+class LoadImage2Dd(LoadImaged):
+    """``LoadImaged`` for our 2D files, returning channel-first arrays: the image (key ``image_key``) as
+    ``in_channels`` x H x W (RGB files store H x W x 3), every other key (label, evaluation mask) as
+    1 x H x W.
 
-    Put it right after ``EnsureChannelFirstd`` (before any resizing), so the error names the files.
+    It is a ``LoadImaged`` (MONAI Label finds and adapts it as one). A file whose shape does not fit
+    ``in_channels`` (an RGB image for a grey task, a volume) is one ``DataError`` naming it.
 
     Args:
-        keys: the image key and the label key, in that order.
+        keys: keys to load (e.g. ``["image", "label"]``).
+        in_channels: channels of the image.
+        image_key: the key holding the image.
+        kwargs: as ``LoadImaged`` (``image_only`` defaults to True).
+    """
+
+    def __init__(self, keys: KeysCollection, in_channels: int = 1, image_key: str = "image", **kwargs) -> None:
+        kwargs.setdefault("image_only", True)
+        super().__init__(keys, **kwargs)
+        self.in_channels = int(in_channels)
+        self.image_key = image_key
+        self._rgb = EnsureChannelFirst(channel_dim=-1)
+        self._grey = EnsureChannelFirst(channel_dim="no_channel")
+
+    def __call__(self, data: Mapping[Hashable, Any], reader=None) -> dict[Hashable, Any]:  # type: ignore[override]
+        d = super().__call__(data, reader)
+        for key in self.key_iterator(d):
+            image = d[key]
+            channels = self.in_channels if key == self.image_key else 1
+            shape = tuple(image.shape)
+            if len(shape) == 3 and shape[-1] == 1:
+                image, shape = image[..., 0], shape[:2]
+            if channels > 1 and not (len(shape) == 3 and shape[-1] == channels):
+                raise DataError(f"'{_source(d, key)}' has shape {shape}; this task expects {channels}-channel "
+                                f"images (H x W x {channels}). Set in_channels to match the data, or convert the "
+                                "images with scripts/prepare_data.py.")
+            if channels == 1 and len(shape) != 2:
+                raise DataError(f"'{_source(d, key)}' has shape {shape}; expected a 2D single-channel "
+                                f"{'image' if key == self.image_key else key} (H x W). Set in_channels=3 for RGB "
+                                "images; volumes must be sliced into 2D images first.")
+            d[key] = self._rgb(image) if channels > 1 else self._grey(image)
+        return d
+
+
+def _pairs(value: float, axes: int) -> list[tuple[float, float]]:
+    return [(-float(value), float(value))] * axes
+
+
+def random_affine(keys: KeysCollection, image_size: int, prob: float = 0.5, rotate: float = 0.26,
+                  scale: float = 0.1, shear: float = 0.0, translate: float = 0.0,
+                  mode: str | Sequence[str] = "bilinear", padding_mode: str = "zeros") -> RandAffined:
+    """MONAI ``RandAffined`` for 2D images with every axis given its range explicitly.
+
+    ``RandAffined`` reads a scalar ``scale_range`` / ``shear_range`` / ``translate_range`` as a range for
+    the first axis only, and translation in pixels; here each range applies to both axes and translation
+    is a fraction of the image side.
+
+    Args:
+        keys: keys to transform together (image and label).
+        image_size: side of the (square) images, in pixels.
+        prob: probability of applying it.
+        rotate: rotation, uniform in [-rotate, rotate] radians.
+        scale: scale factor 1 + uniform[-scale, scale], drawn per axis.
+        shear: shear terms uniform in [-shear, shear], both terms.
+        translate: shift uniform in [-translate, translate] x ``image_size`` pixels, per axis.
+        mode: interpolation per key (e.g. ``["bilinear", "nearest"]``).
+        padding_mode: what fills pixels moved in from outside.
+
+    Returns:
+        The transform.
+    """
+    return RandAffined(keys, prob=prob, rotate_range=[(-float(rotate), float(rotate))],
+                       scale_range=_pairs(scale, 2), shear_range=_pairs(shear, 2),
+                       translate_range=_pairs(translate * image_size, 2), mode=mode, padding_mode=padding_mode)
+
+
+class ValidateSampled(MapTransform):
+    """Check one loaded image/label pair: finite image values, same spatial size, label values in
+    ``0..num_classes-1``.
+
+    Put it right after loading (before any resizing), so the error names the files.
+
+    Args:
+        keys: the image key and the label key, in that order; the image key alone checks images only.
         num_classes: number of classes including background.
     """
 
-    def __init__(self, keys: tuple[str, str] = ("image", "label"), num_classes: int = 2) -> None:
+    def __init__(self, keys: Sequence[str] = ("image", "label"), num_classes: int = 2) -> None:
         super().__init__(keys, allow_missing_keys=True)
-        self.image_key, self.label_key = keys
+        self.image_key, self.label_key = (list(keys) + [None])[:2]
         self.num_classes = num_classes
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        image, label = d.get(self.image_key), d.get(self.label_key)
+        image, label = d.get(self.image_key), d.get(self.label_key) if self.label_key else None
+        if image is not None and not torch.isfinite(torch.as_tensor(image)).all():
+            raise DataError(f"image '{_source(d, self.image_key)}' contains NaN or infinite values. Fix or remove the "
+                            "file (scripts/prepare_data.py checks every image before writing a dataset).")
         if label is None:
             return d
         if image is not None and tuple(image.shape[1:]) != tuple(label.shape[1:]):
@@ -50,4 +136,32 @@ class ValidateSampled(MapTransform):
             raise DataError(f"mask '{_source(d, self.label_key)}' holds label values {bad[:10]} outside "
                             f"0..{self.num_classes - 1} (num_classes={self.num_classes}). Map the values to class "
                             "indices when preparing the data, or set num_classes.")
+        return d
+
+
+class MaskOutsideROId(MapTransform):
+    """Make pixels outside an evaluation mask count as correctly predicted background, so metrics are
+    computed inside the region only (DRIVE: vessels inside the field of view).
+
+    Args:
+        keys: one-hot (C, H, W) tensors to mask, e.g. ``["pred", "label"]``.
+        roi_key: the key of the (1, H, W) evaluation mask (non-zero inside). Items without it are unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection, roi_key: str = "roi") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.roi_key = roi_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        roi = d.get(self.roi_key)
+        if roi is None or isinstance(roi, str):
+            return d
+        outside = torch.as_tensor(roi)[:1] == 0
+        for key in self.key_iterator(d):
+            onehot = d[key].clone()
+            outside_k = outside.to(onehot.device)
+            onehot[1:] = torch.where(outside_k, torch.zeros_like(onehot[1:]), onehot[1:])
+            onehot[:1] = torch.where(outside_k, torch.ones_like(onehot[:1]), onehot[:1])
+            d[key] = onehot
         return d

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from common.errors import CheckpointError
+from common.errors import CheckpointError, first_line
 
 __all__ = ["load_state_file", "TrainableState", "check_state_dict", "require_file", "kd_teacher_weights"]
 
@@ -36,7 +36,7 @@ def load_state_file(path: str | os.PathLike, what: str, hint: str = "") -> dict[
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, a pickle of arbitrary objects, not a torch file at all
         raise CheckpointError(f"{what} '{path}' could not be read as a PyTorch state dict ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}).{suffix}") from e
+                              f"{first_line(e)}).{suffix}") from e
     if isinstance(state, Mapping):
         for key in _WRAPPER_KEYS:
             if isinstance(state.get(key), Mapping) and not isinstance(state.get(key), torch.Tensor):
