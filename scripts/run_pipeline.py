@@ -21,9 +21,13 @@ import subprocess
 import sys
 import time
 
-from common.data import make_transfer_set, prepare_demo
+from common.data import load_datalist, make_transfer_set, prepare_demo, read_datalist_info
 from common.data.figures import save_prediction_grid
+from common.data.io import file_sha256
 from common.engines.metrics import format_report
+from common.errors import TskdError
+from common.models import load_state_file
+from common.settings import check_image_size, check_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,13 +35,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # about 12 minutes on 2 CPU cores.
 # The synthetic transfer set comes from a DDPM trained on ``augmented`` views of the labelled images;
 # "quick" trains a small generator at 64² (the distillation stage resizes to the task size).
+# ``ema_decay``: the generator's weight average; a short run needs a short horizon (0.99: ~100 iterations).
 PROFILES = {
     "quick": {"teacher": 10, "pretrain": 25, "student": 40, "transfer": 160, "pretrain_batch": 16,
-              "augmented": 160, "synth": 30, "synth_size": 64, "synth_width": 16, "sample_steps": 20},
+              "augmented": 160, "synth": 30, "synth_size": 64, "synth_width": 16, "sample_steps": 20, "ema_decay": 0.99},
     "paper": {"teacher": 160, "pretrain": 1600, "student": 160, "transfer": 3000, "pretrain_batch": 48,
-              "augmented": 1000, "synth": 300, "synth_size": 0, "synth_width": 32, "sample_steps": 50},
+              "augmented": 1000, "synth": 300, "synth_size": 0, "synth_width": 32, "sample_steps": 50,
+              "ema_decay": 0.999},
     "smoke": {"teacher": 1, "pretrain": 1, "student": 1, "transfer": 8, "pretrain_batch": 4,  # wiring check (tests)
-              "augmented": 8, "synth": 1, "synth_size": 32, "synth_width": 16, "sample_steps": 2},
+              "augmented": 8, "synth": 1, "synth_size": 32, "synth_width": 16, "sample_steps": 2, "ema_decay": 0.9},
 }
 METHODS = ("tskd", "takd", "scratch")
 
@@ -50,31 +56,58 @@ def _stamp(args: dict) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _read_json(path: str) -> dict:
+    """A small JSON record of ours, or {} when it is absent or unreadable (e.g. cut short by a crash)."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _weights_digest(root: str) -> str:
+    path = os.path.join(root, "models", "model.pt")
+    return file_sha256(path) if os.path.isfile(path) else ""
+
+
 def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream: str = "") -> str:
-    """Train one bundle into ``root`` unless it was trained with the same overrides and upstream stages.
+    """Train one bundle into ``root`` unless it was trained with the same overrides and upstream stages and
+    its weights are still the ones that training wrote.
+
+    ``done.json`` is removed before a stage starts writing and records the sha256 of ``models/model.pt``, so
+    weights overwritten by another (interrupted) run are never mistaken for this run's.
 
     Returns:
-        The stage's stamp (a hash of its overrides and ``upstream``), for the stages after it.
+        The stage's stamp (a hash of its overrides, ``upstream`` and the weights), for the stages after it.
     """
     stamp_file, pending_file = os.path.join(root, "done.json"), os.path.join(root, "pending.json")
     stamp = _stamp({"overrides": overrides, "upstream": upstream})
-    if os.path.isfile(stamp_file) and json.load(open(stamp_file)).get("stamp") == stamp:
-        print(f"\n=== {stage}: already trained with these settings ({root}), skipping", flush=True)
-        return stamp
+    done = _read_json(stamp_file)
+    if done.get("stamp") == stamp:
+        if done.get("weights_sha256") and done["weights_sha256"] == _weights_digest(root):
+            print(f"\n=== {stage}: already trained with these settings ({root}), skipping", flush=True)
+            return _stamp({"stage": stamp, "weights": done["weights_sha256"]})
+        print(f"\n=== {stage}: the weights in {root}/models changed since this stage finished; training again",
+              flush=True)
     # Resume only an interrupted run of these same settings; anything else in the folder is stale.
-    resume = os.path.isfile(pending_file) and json.load(open(pending_file)).get("stamp") == stamp
+    resume = _read_json(pending_file).get("stamp") == stamp
     print(f"\n=== {stage}: training ({overrides.get('epochs')} epochs{', resuming' if resume else ''}) -> {root}",
           flush=True)
     os.makedirs(root, exist_ok=True)
+    if os.path.isfile(stamp_file):
+        os.remove(stamp_file)  # from here on the folder's weights are this run's, unfinished
     with open(pending_file, "w") as f:
         json.dump({"stamp": stamp}, f)
     start = time.time()
     _call(["--config_file", os.path.join(_bundle(dataset, stage), "train.json"), *_args(overrides, root),
            f"--resume={resume}"])
-    os.remove(pending_file)
+    weights = _weights_digest(root)
     with open(stamp_file, "w") as f:
-        json.dump({"stamp": stamp, "overrides": overrides, "seconds": round(time.time() - start)}, f)
-    return stamp
+        json.dump({"stamp": stamp, "overrides": overrides, "weights_sha256": weights,
+                   "seconds": round(time.time() - start)}, f)
+    os.remove(pending_file)
+    return _stamp({"stage": stamp, "weights": weights})
 
 
 def evaluate_bundle(dataset: str, stage: str, root: str, overrides: dict) -> dict:
@@ -117,7 +150,8 @@ def synthetic_set(args, data_dir: str, out: str, size: int, profile: dict) -> tu
     augmented = augmented_set(data_dir, out, profile["augmented"], args.labels, args.seed)
     synth_root = os.path.join(out, "synth")
     synth = {"dataset_dir": data_dir, "seed": args.seed, "augmented_file": os.path.join(augmented, "datalist.json"),
-             "epochs": profile["synth"], "denoiser": args.denoiser, "denoiser_width": profile["synth_width"]}
+             "epochs": profile["synth"], "denoiser": args.denoiser, "denoiser_width": profile["synth_width"],
+             "ema_decay": profile["ema_decay"]}
     if profile["synth_size"]:
         synth["image_size"] = profile["synth_size"]
     stamp = train_bundle(args.dataset, "synth", synth_root, synth)
@@ -152,8 +186,42 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
     parser.add_argument("--out", default="runs/demo")
     args = parser.parse_args()
+    try:
+        run(args)
+    except TskdError as e:
+        sys.exit(f"run_pipeline: {e.message}")
+
+
+def check_args(args) -> None:
+    """Everything the run needs that can be checked before the first stage starts (one message each)."""
+    check_labels(args.labels, "--labels")
+    if args.image_size:
+        check_image_size(args.image_size, "--image_size")
+    if args.transfer < 0:
+        raise TskdError(f"--transfer must be 0 (the profile's size) or a positive number of images, got {args.transfer}.")
+    if args.teacher_checkpoint:
+        load_state_file(args.teacher_checkpoint, "trained teacher checkpoint (--teacher_checkpoint)",
+                        "Pass a teacher bundle's models/model.pt, or leave it out to train the teacher.")
+    if args.sam_checkpoint:
+        load_state_file(args.sam_checkpoint, f"SAM {args.teacher} checkpoint (--sam_checkpoint)",
+                        "Download it from https://github.com/facebookresearch/segment-anything#model-checkpoints.")
+    if args.data_dir is not None:
+        datalist = os.path.join(args.data_dir, "datalist.json")
+        read_datalist_info(datalist)
+        load_datalist(datalist, "training", limit=args.labels or None)
+
+
+def run(args) -> None:
+    check_args(args)
     out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise TskdError(f"cannot write the output folder '{args.out}' ({e.strerror or type(e).__name__}); "
+                        "choose a folder you can write to with --out.") from e
 
     data_dir = args.data_dir
     if data_dir is None:
@@ -172,7 +240,7 @@ def main() -> None:
     teacher_root = os.path.join(out, "teacher")
     if args.teacher_checkpoint:
         teacher_ckpt = os.path.abspath(args.teacher_checkpoint)
-        teacher_stamp = _stamp({"teacher_checkpoint": teacher_ckpt, "mtime": os.path.getmtime(teacher_ckpt)})
+        teacher_stamp = _stamp({"teacher_checkpoint": file_sha256(teacher_ckpt)})
         print(f"=== teacher: using the trained teacher {teacher_ckpt}", flush=True)
     else:
         teacher_ckpt = os.path.join(teacher_root, "models", "model.pt")
@@ -208,6 +276,8 @@ def main() -> None:
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
     lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
              f"{args.labels or 'all'}, seed {args.seed})", ""]
+    if not read_datalist_info(os.path.join(data_dir, "datalist.json")).get("validation"):
+        lines += ["No validation split: every stage kept its last epoch's weights (no model selection).", ""]
     for name, report in reports.items():
         lines += [f"## {name}", "", "```", format_report(report), "```", ""]
     lines += ["![test images, ground truth and predictions](predictions.png)", ""]

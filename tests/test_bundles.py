@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, skip_or_fail
 
 BUNDLES = sorted(d for d in os.listdir(os.path.join(ROOT, "bundles")) if not d.startswith("_")
                  and os.path.isdir(os.path.join(ROOT, "bundles", d)))
@@ -44,7 +44,7 @@ def test_bundle_file_set_and_metadata_schema(bundle):
                 "LICENSE", "large_files.yml"):
         assert os.path.isfile(os.path.join(root, rel)), rel
     if not os.path.isfile(SCHEMA):
-        pytest.skip(f"model-zoo schema copy not found at {SCHEMA}")
+        skip_or_fail(f"model-zoo schema copy not found at {SCHEMA}")
     from monai.bundle import verify_metadata
 
     verify_metadata(meta_file=os.path.join(root, "configs", "metadata.json"), filepath=SCHEMA)
@@ -122,9 +122,109 @@ def test_student_training_resumes(demo_small, tmp_path):
     assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log.split("resuming from")[1].split("SupervisedEvaluator")[0]
     assert (tmp_path / "models" / "checkpoint_epoch=2.pt").is_file()
+    # Other settings in the same folder: refused with advice, never "resumed" into a run that trains nothing.
+    other = bundle_run("demo_student", ["train.json"], "--epochs", "2", "--learning_rate", "0.001", *common)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert "other settings (learning_rate differ)" in other.stderr and "--resume false" in other.stderr
+    labels = bundle_run("demo_student", ["train.json"], "--epochs", "2", "--labels", "2", *common)
+    assert labels.returncode != 0 and "data, labels differ" in labels.stderr
+    # A checkpoint cut short by a crash is skipped; the previous one is resumed.
+    newest = tmp_path / "models" / "checkpoint_epoch=2.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    third = ok(bundle_run("demo_student", ["train.json"], "--epochs", "3", *common))
+    log = third.stdout + third.stderr
+    assert "skipping the unreadable checkpoint" in log and "resuming from" in log and "checkpoint_epoch=1.pt" in log
+    assert (tmp_path / "models" / "checkpoint_epoch=3.pt").is_file()
     fresh = ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", "--resume", "false", *common))
     assert "handlers - INFO - resuming from" not in fresh.stdout + fresh.stderr
     assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint*")) == ["checkpoint_epoch=1.pt"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(demo_small, tmp_path):
+    """SIGKILL in epoch 3 of 4, resume: the weights equal an uninterrupted run's, bit for bit."""
+    import signal
+    import time
+
+    import torch
+
+    def command(root, epochs=4):
+        files = os.path.join(ROOT, "bundles", "demo_student", "configs", "train.json")
+        return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--dataset_dir", demo_small,
+                "--bundle_root", str(root), "--image_size", "64", "--batch_size", "2", "--epochs", str(epochs)]
+
+    ok(subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, cwd=ROOT, timeout=900))
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "models" / "checkpoint_epoch=2.pt").is_file() and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 3
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "models" / "checkpoint_epoch=4.pt").exists()
+    resumed = ok(subprocess.run(command(killed), capture_output=True, text=True, cwd=ROOT, timeout=900))
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    a = torch.load(tmp_path / "whole" / "models" / "checkpoint_epoch=4.pt", weights_only=True)["model"]
+    b = torch.load(killed / "models" / "checkpoint_epoch=4.pt", weights_only=True)["model"]
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ after resuming, e.g. {different[:3]}"
+
+
+def test_bundle_bad_input_corpus(demo_small, tmp_path):
+    """Each bad setting or file: exit status 1, one `tskd error:` line naming it, no traceback."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    common = ["--dataset_dir", demo_small, "--image_size", "64", "--batch_size", "2", "--epochs", "1"]
+    trained = tmp_path / "trained"
+    ok(bundle_run("demo_student", ["train.json"], *common, "--bundle_root", str(trained)))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "code": shutil.rmtree}, pickled)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, wrong)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    nan_data = tmp_path / "nan_data"
+    shutil.copytree(demo_small, nan_data)
+    first = json.load(open(nan_data / "datalist.json"))["training"][0]["image"]
+    image = nib.load(str(nan_data / first))
+    array = np.asarray(image.dataobj, np.float32).copy()
+    array[3, 3] = np.nan
+    nib.save(nib.Nifti1Image(array, image.affine), str(nan_data / first))
+    evaluate = ["train.json", "evaluate.json"]
+    cases = {
+        "epochs 0": (["train.json"], ["--epochs", "0"], ["epochs must be at least 1"]),
+        "batch_size 0": (["train.json"], ["--batch_size", "0"], ["batch_size must be at least 1"]),
+        "image_size 100": (["train.json"], ["--image_size", "100"], ["image_size", "multiple of 16"]),
+        "labels -1": (["train.json"], ["--labels", "-1"], ["labels must be 0"]),
+        "0-byte checkpoint": (evaluate, ["--ckpt_path", str(empty)], ["empty.pt", "could not be read"]),
+        "pickle-bearing checkpoint": (evaluate, ["--ckpt_path", str(pickled)], ["pickled.pt"]),
+        "wrong architecture": (evaluate, ["--ckpt_path", str(wrong)], ["wrong.pt", "does not fit the model"]),
+        "unwritable bundle_root": (["train.json"], ["--bundle_root", str(a_file / "sub")], ["cannot write to bundle_root",
+                                                                                           "a_file"]),
+        "NaN in an image": (["train.json"], ["--dataset_dir", str(nan_data)], [first.split("/")[-1], "NaN"]),
+    }
+    failures = []
+    for name, (configs, args, fragments) in cases.items():
+        root = ["--bundle_root", str(trained if configs == evaluate else tmp_path / name.replace(" ", "_"))]
+        before = sorted(os.listdir(demo_small))
+        result = bundle_run("demo_student", configs, *common, *root, *args)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("tskd error:")]
+        problems = [f"exit {result.returncode}"] if result.returncode == 0 else []
+        if "Traceback" in result.stderr or len(lines) != 1:
+            problems.append("not one message: " + result.stderr[-1500:])
+        problems += [f"'{f}' not named" for f in fragments if lines and f not in lines[0]]
+        if sorted(os.listdir(demo_small)) != before:
+            problems.append("the dataset folder changed")
+        if problems:
+            failures.append(f"{name}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
 
 
 def test_bad_input_gives_one_clear_error(demo_small, tmp_path):
@@ -163,3 +263,23 @@ def test_synth_bundle_trains_samples_evaluates_and_infers(demo_small, tmp_path):
     ok(bundle_run("demo_synth", ["inference.json"], "--dataset_dir", demo_small, "--bundle_root", str(tmp_path),
                   "--image_size", "32", "--denoiser_width", "16", "--n_samples", "2", "--sample_steps", "2"))
     assert json.load(open(synthetic / "manifest.json"))["count"] == 2
+
+
+def test_training_without_a_validation_split_keeps_the_last_epoch(demo_small, tmp_path):
+    """``prepare_data.py --val_fraction 0``: every labelled image trains; model.pt is the last epoch's."""
+    import shutil
+
+    import torch
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_small, data)
+    info = json.load(open(data / "datalist.json"))
+    info["training"] += info.pop("validation")
+    info["validation"] = []
+    (data / "datalist.json").write_text(json.dumps(info))
+    run = ok(bundle_run("demo_student", ["train.json"], "--dataset_dir", str(data), "--bundle_root", str(tmp_path / "b"),
+                        "--image_size", "64", "--batch_size", "4", "--epochs", "2"))
+    assert "SupervisedEvaluator" not in run.stdout + run.stderr  # no validation ran
+    final = torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
+    last = torch.load(tmp_path / "b" / "models" / "checkpoint_epoch=2.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], last[k]) for k in last)

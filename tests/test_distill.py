@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized, ScaleIntensityRangePercentilesd
+from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityRangePercentilesd, ScaleIntensityd
 
-from common.data import load_datalist, make_transfer_set
+from common.data import LoadImage2Dd, load_datalist, make_transfer_set
 from common.engines import CachedTeacherDataset, DistillationTrainer, TeacherCache
 from common.errors import TskdError
 from common.losses import TaskSpecificKDLoss, align_grid
@@ -46,10 +46,10 @@ def transfer(demo_small, tmp_path_factory):
     return out
 
 
-def kd_transform(size=64):
-    return Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
-                    ScaleIntensityRangePercentilesd("image", 0.5, 99.5, 0.0, 1.0, clip=True),
-                    Resized("image", (size, size), mode="area"), EnsureTyped("image", dtype=torch.float32)])
+def kd_transform(size=64, normalise=None):
+    normalise = normalise or ScaleIntensityRangePercentilesd("image", 0.5, 99.5, 0.0, 1.0, clip=True)
+    return Compose([LoadImage2Dd("image"), normalise, Resized("image", (size, size), mode="area"),
+                    EnsureTyped("image", dtype=torch.float32)])
 
 
 def test_transfer_set_is_seeded_and_holds_the_originals_first(demo_small, transfer, tmp_path):
@@ -113,6 +113,20 @@ def test_stale_cache_is_rebuilt_or_refused(transfer, teacher, tmp_path, caplog):
     assert rebuilt.manifest()["key"] != first.key and "stale" in caplog.text
     with pytest.raises(TskdError, match="transfer-set images differ"):
         TeacherCache(folder, other, data[:4], kd_transform(), image_size=64, on_stale="error")
+    # Same teacher, files and size, another intensity normalisation: the teacher saw other inputs.
+    with pytest.raises(TskdError, match="preprocessing"):
+        TeacherCache(folder, other, data, kd_transform(normalise=ScaleIntensityd("image")), image_size=64,
+                     on_stale="error")
+
+
+def test_online_teacher_runs_on_the_trainer_device(teacher):
+    """``kd_augment: true`` runs the teacher online: it must be where the student and the batches are."""
+    student = DistillationStudent(build_vit_fpn(64, 1, 3))
+    moved = build_teacher("litemedsam", image_size=64, num_classes=3, lora_rank=2)
+    DistillationTrainer(device=torch.device("meta"), max_epochs=1, train_data_loader=[], network=student,
+                        optimizer=torch.optim.Adam(student.parameters()), loss_function=TaskSpecificKDLoss(),
+                        teacher=moved)
+    assert {p.device.type for p in moved.parameters()} == {"meta"}
 
 
 @pytest.mark.parametrize("row", [f"tskd{i}" for i in range(1, 9)])

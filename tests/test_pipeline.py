@@ -37,7 +37,8 @@ def test_pipeline_writes_metrics_and_skips_done_stages(demo_small, tmp_path):
     for report in metrics.values():
         assert {"mean_dice", "mean_hd95", "mean_iou", "per_class"} <= set(report)
         assert set(report["per_class"]) == {"grey_matter", "white_matter"}
-        assert set(report["per_class"]["grey_matter"]) == {"dice", "hd95", "iou"}
+        assert set(report["per_class"]["grey_matter"]) == {"dice", "hd95", "iou", "images"}
+        assert report["hd95_unit"] == "mm"  # the demo's NIfTI slices carry their spacing
     assert "## student" in (out / "summary.md").read_text()
     # Same inputs: every training stage is skipped; another method reuses the teacher only.
     again = stages(pipeline("--data_dir", demo_small, "--out", str(out), "--method", "tskd"))
@@ -61,3 +62,66 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics["student"]["per_class"]) == {"cyst", "tumour"}
     assert (out / "predictions.png").stat().st_size > 1000
+
+
+def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monkeypatch):
+    """Another run (e.g. another seed, killed after it rewrote the weights) must not leave this run's
+    ``done.json`` pointing at foreign weights: the stage is trained again, not skipped."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
+    pipeline_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline_module)
+    calls = []
+
+    def fake_training(args):  # what a bundle run leaves behind: its weights
+        root = args[args.index("--bundle_root") + 1]
+        os.makedirs(os.path.join(root, "models"), exist_ok=True)
+        with open(os.path.join(root, "models", "model.pt"), "wb") as f:
+            f.write(f"weights of run {len(calls)}".encode())
+        calls.append(args)
+
+    monkeypatch.setattr(pipeline_module, "_call", fake_training)
+    root = str(tmp_path / "teacher")
+    first = pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
+    assert pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1}) == first
+    assert len(calls) == 1  # skipped: same settings, same weights
+    # Another seed starts in the same folder: done.json goes before it writes anything.
+    monkeypatch.setattr(pipeline_module, "_call", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1, "epochs": 1})
+    except KeyboardInterrupt:
+        pass
+    assert not os.path.exists(os.path.join(root, "done.json"))
+    monkeypatch.setattr(pipeline_module, "_call", fake_training)
+    again = pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
+    assert len(calls) == 2 and again != first  # trained again; the stamp follows the new weights
+    with open(os.path.join(root, "models", "model.pt"), "wb") as f:
+        f.write(b"overwritten by hand")
+    pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
+    assert len(calls) == 3  # done.json names other weights than those on disk
+
+
+def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path):
+    cases = {
+        "missing teacher checkpoint": (["--teacher_checkpoint", str(tmp_path / "teacher.pt")], ["teacher.pt", "not found"]),
+        "negative labels": (["--labels", "-1"], ["--labels must be 0"]),
+        "labels above the split": (["--labels", "999"], ["budget of 999"]),
+        "image size": (["--image_size", "100"], ["--image_size", "multiple of 16"]),
+        "unwritable output": (["--out", str(tmp_path / "a_file" / "run")], ["cannot write", "a_file"]),
+    }
+    (tmp_path / "a_file").write_text("not a folder")
+    failures = []
+    for name, (args, fragments) in cases.items():
+        out = ["--out", str(tmp_path / "run")] if "--out" not in args else []
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_pipeline.py"), "--profile", "smoke",
+                                 "--data_dir", demo_small, *out, *args], capture_output=True, text=True, cwd=ROOT,
+                                timeout=300)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("run_pipeline:")]
+        if result.returncode == 0 or "Traceback" in result.stderr or len(lines) != 1:
+            failures.append(f"{name}: exit {result.returncode}, {result.stderr[-800:]!r}")
+        elif not all(f in lines[0] for f in fragments):
+            failures.append(f"{name}: {lines[0]!r} lacks {fragments}")
+        elif "===" in result.stdout:
+            failures.append(f"{name}: a stage started before the check")
+    assert not failures, "\n".join(failures)

@@ -72,3 +72,41 @@ def test_quality_report_by_hand_and_near_copies(tmp_path):
     assert first["mse"] == pytest.approx(127.5**2) and first["psnr"] == pytest.approx(10 * math.log10(255**2 / 127.5**2))
     assert report["per_image"][2]["nearest_real"] == 1 and report["near_copies"] == [2]
     assert os.path.getsize(tmp_path / "samples.png") > 1000 and (tmp_path / "quality.json").is_file()
+
+
+def _ema_run(decay, warmup, values):
+    """Run an engine whose model's one weight is set to ``values[i]`` at iteration i; return the average."""
+    import torch.nn as nn
+    from ignite.engine import Engine, Events
+
+    from common.synth import ema_handler
+
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(values[0])
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.ITERATION_STARTED)
+    def set_weight(e):
+        with torch.no_grad():
+            model.weight.fill_(values[e.state.iteration - 1])
+
+    handler = ema_handler(model, decay=decay, warmup_iterations=warmup)
+    handler.attach(engine)
+    engine.run(range(len(values)), max_epochs=1)
+    return handler.ema_model.weight.item(), model.weight.item()
+
+
+def test_ema_is_an_average_with_the_configured_decay():
+    # No warm-up: ema_t = d * ema_{t-1} + (1 - d) * w_t, starting from the initial weight 0.
+    values = [0.0] + [1.0] * 10
+    ema, online = _ema_run(0.9, 0, values)
+    expected = 0.0
+    for w in values:
+        expected = 0.9 * expected + 0.1 * w
+    assert ema == pytest.approx(expected, rel=1e-5) and ema == pytest.approx(1 - 0.9 ** 10, rel=1e-5)
+    assert online == 1.0 and abs(online - ema) > 0.3  # the average lags the online weights (it is not a copy)
+    # Warm-up: the decay starts lower, so after a few steps the average has left the initial weights further.
+    warm, _ = _ema_run(0.999, 5, values)
+    cold, _ = _ema_run(0.999, 0, values)
+    assert cold == pytest.approx(1 - 0.999 ** 10, rel=1e-4) and warm > 10 * cold

@@ -1,5 +1,7 @@
-from common.engines.handlers import NaNLossGuard, ResumableCheckpoint, latest_checkpoint
-from common.engines.metrics import (HD95Handler, MetricsReport, PhysicalHausdorffDistanceMetric, format_report,
-                                    summarise_metric_details)
+from common.engines.handlers import (NaNLossGuard, ResumableCheckpoint, RunState, WeightsLoader, describe_files,
+                                     latest_checkpoint)
+from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler, EmptyAwareDiceMetric, EmptyAwareIoUMetric,
+                                    HD95Handler, ImageCaseMetric, IoUHandler, MetricsReport,
+                                    PhysicalHausdorffDistanceMetric, format_report, summarise_metric_details)
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer
 from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, file_digest, kd_dataset, module_digest

@@ -31,7 +31,7 @@ class DistillationTrainer(SupervisedTrainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         if teacher is not None:
-            teacher.eval()
+            teacher.to(self.state.device).eval()  # the online teacher runs where the student does
             for p in teacher.parameters():
                 p.requires_grad_(False)
 

@@ -1,10 +1,21 @@
-"""Segmentation metrics in physical units, and the per-class report every evaluation writes.
+"""Segmentation metrics that charge false positives, in physical units, and the per-class report every
+evaluation writes.
 
-HD95 in mm: MONAI's ``HausdorffDistance`` handler computes in pixels unless given a spacing; here the
-spacing comes from each label's own affine (kept by MONAI's MetaTensor through the transforms, so a
-resize updates it). An image whose class is in the ground truth but missing from the prediction gets
-the image diagonal in mm (the worst finite distance) instead of inf; an image whose ground truth lacks
-the class is left out of that class's mean, as ``DiceMetric(ignore_empty=True)`` does.
+Images whose ground truth lacks a class follow nnU-Net and the Metrics Reloaded recommendations:
+
+| ground truth | prediction | Dice, IoU | HD95 |
+|---|---|---|---|
+| has the class | has it | computed | computed |
+| has the class | lacks it | 0 | the image diagonal (the worst finite distance) |
+| lacks the class | has it | 0 | the image diagonal |
+| lacks the class | lacks it | left out (``both_empty="exclude"``) or 1 (``"one"``) | left out, or 0 |
+
+So a false-positive kidney on a slice without a kidney costs Dice, where ``DiceMetric(ignore_empty=True)``
+would make it free. The report counts, per class, the images that fell into each row.
+
+HD95 distances come from each label's own affine (kept by MONAI's MetaTensor through the transforms, so
+a resize updates it): millimetres where the source carried a spacing, pixels where it did not (PNG, JPG,
+...). The dataset's ``spacing_unit`` says which; reports print it.
 """
 
 from __future__ import annotations
@@ -19,13 +30,72 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.handlers import IgniteMetricHandler
-from monai.metrics import HausdorffDistanceMetric
+from monai.metrics import CumulativeIterationMetric, DiceMetric, HausdorffDistanceMetric, MeanIoU
 
-__all__ = ["PhysicalHausdorffDistanceMetric", "HD95Handler", "MetricsReport", "summarise_metric_details"]
+__all__ = ["VolumeMetrics", "EmptyAwareDiceMetric", "EmptyAwareIoUMetric", "PhysicalHausdorffDistanceMetric", "ImageCaseMetric",
+           "DiceHandler", "IoUHandler", "HD95Handler", "CaseCountHandler", "MetricsReport",
+           "summarise_metric_details", "format_report", "BOTH_EMPTY", "CASES"]
+
+BOTH_EMPTY = ("exclude", "one")
+# ImageCaseMetric codes, per image and class.
+CASES = {0: "both_empty", 1: "false_positive_images", 2: "missed_images", 3: "present_in_both"}
+
+
+def _presence(y_pred: torch.Tensor, y: torch.Tensor, include_background: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction has the class, ground truth has the class), each (N, C) bool."""
+    start = 0 if include_background else 1
+    return y_pred[:, start:].flatten(2).any(-1), y[:, start:].flatten(2).any(-1)
+
+
+def _check_both_empty(both_empty: str) -> str:
+    if both_empty not in BOTH_EMPTY:
+        raise ValueError(f"both_empty must be one of {BOTH_EMPTY}, got '{both_empty}'")
+    return both_empty
+
+
+class EmptyAwareDiceMetric(DiceMetric):
+    """Dice per image and class: 0 for a false positive on an image without the class; images where both
+    are empty are left out (NaN) or score 1 (``both_empty="one"``)."""
+
+    def __init__(self, include_background: bool = False, reduction: str = "mean", both_empty: str = "exclude") -> None:
+        super().__init__(include_background=include_background, reduction=reduction, ignore_empty=False)
+        self.both_empty = _check_both_empty(both_empty)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        value = super()._compute_tensor(y_pred, y)  # ignore_empty=False: both empty -> 1, false positive -> 0
+        if self.both_empty == "exclude":
+            pred, gt = _presence(y_pred, y, self.include_background)
+            value = torch.where(~pred & ~gt, torch.full_like(value, float("nan")), value)
+        return value
+
+
+class EmptyAwareIoUMetric(MeanIoU):
+    """IoU per image and class, with the same empty-image rule as ``EmptyAwareDiceMetric``."""
+
+    def __init__(self, include_background: bool = False, reduction: str = "mean", both_empty: str = "exclude") -> None:
+        super().__init__(include_background=include_background, reduction=reduction, ignore_empty=False)
+        self.both_empty = _check_both_empty(both_empty)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        value = super()._compute_tensor(y_pred, y)
+        if self.both_empty == "exclude":
+            pred, gt = _presence(y_pred, y, self.include_background)
+            value = torch.where(~pred & ~gt, torch.full_like(value, float("nan")), value)
+        return value
 
 
 class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
-    """``HausdorffDistanceMetric`` whose spacing is read from each label's affine (mm)."""
+    """``HausdorffDistanceMetric`` whose spacing is read from each label's affine, and which gives the image
+    diagonal (the worst finite distance) wherever exactly one of prediction and ground truth has the class.
+
+    Args:
+        both_empty: ``exclude`` (NaN where neither has the class) or ``one`` (distance 0 there).
+        kwargs: as ``HausdorffDistanceMetric``.
+    """
+
+    def __init__(self, *args, both_empty: str = "exclude", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.both_empty = _check_both_empty(both_empty)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:  # type: ignore[override]
         spatial = y.ndim - 2
@@ -37,69 +107,189 @@ class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
         spacing = kwargs.get("spacing") or [1.0] * spatial
         first = spacing[0] if isinstance(spacing[0], (list, tuple)) else spacing
         diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(y.shape[2:], first)))
-        start = 0 if self.include_background else 1
-        gt_present = y[:, start:].flatten(2).any(-1).to(hd.device)
-        hd = torch.where(gt_present & ~torch.isfinite(hd), torch.full_like(hd, diagonal), hd)
-        return torch.where(gt_present, hd, torch.full_like(hd, float("nan")))
+        pred, gt = (p.to(hd.device) for p in _presence(y_pred, y, self.include_background))
+        hd = torch.where(pred ^ gt, torch.full_like(hd, diagonal), hd)
+        empty = float("nan") if self.both_empty == "exclude" else 0.0
+        return torch.where(~pred & ~gt, torch.full_like(hd, empty), hd)
 
 
-class HD95Handler(IgniteMetricHandler):
-    """Ignite handler for the 95th-percentile Hausdorff distance in mm.
+class ImageCaseMetric(CumulativeIterationMetric):
+    """Which empty-image case each image and class fell into (codes in ``CASES``), for the report."""
+
+    def __init__(self, include_background: bool = False) -> None:
+        super().__init__()
+        self.include_background = include_background
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        pred, gt = _presence(y_pred, y, self.include_background)
+        return (pred.long() + 2 * gt.long()).float()
+
+    def aggregate(self):  # type: ignore[override]
+        """The number of (image, class) pairs with a false positive on an image without the class."""
+        return (self.get_buffer() == 1).sum().float()
+
+
+def _handler(metric, output_transform: Callable, save_details: bool) -> dict:
+    return {"metric_fn": metric, "output_transform": output_transform, "save_details": save_details}
+
+
+class DiceHandler(IgniteMetricHandler):
+    """Ignite handler of ``EmptyAwareDiceMetric`` (mean over images and classes, NaN left out).
 
     Args:
         include_background: include channel 0.
+        both_empty: ``exclude`` or ``one`` (see the module docstring).
+        output_transform: engine output -> (y_pred, y), both one-hot.
+        save_details: keep per-image values in ``engine.state.metric_details``.
+    """
+
+    def __init__(self, include_background: bool = False, both_empty: str = "exclude",
+                 output_transform: Callable = lambda x: x, save_details: bool = True) -> None:
+        super().__init__(**_handler(EmptyAwareDiceMetric(include_background, both_empty=both_empty),
+                                    output_transform, save_details))
+
+
+class IoUHandler(IgniteMetricHandler):
+    """Ignite handler of ``EmptyAwareIoUMetric`` (arguments as ``DiceHandler``)."""
+
+    def __init__(self, include_background: bool = False, both_empty: str = "exclude",
+                 output_transform: Callable = lambda x: x, save_details: bool = True) -> None:
+        super().__init__(**_handler(EmptyAwareIoUMetric(include_background, both_empty=both_empty),
+                                    output_transform, save_details))
+
+
+class HD95Handler(IgniteMetricHandler):
+    """Ignite handler for the 95th-percentile Hausdorff distance in the dataset's spacing unit.
+
+    Args:
+        include_background: include channel 0.
+        both_empty: ``exclude`` or ``one`` (see the module docstring).
         reduction: MONAI reduction of the per-image, per-class values.
         output_transform: engine output -> (y_pred, y), both one-hot.
         save_details: keep per-image values in ``engine.state.metric_details``.
     """
 
-    def __init__(self, include_background: bool = False, reduction: str = "mean",
+    def __init__(self, include_background: bool = False, both_empty: str = "exclude", reduction: str = "mean",
                  output_transform: Callable = lambda x: x, save_details: bool = True) -> None:
         metric = PhysicalHausdorffDistanceMetric(include_background=include_background, percentile=95,
-                                                 reduction=reduction)
-        super().__init__(metric_fn=metric, output_transform=output_transform, save_details=save_details)
+                                                 reduction=reduction, both_empty=both_empty)
+        super().__init__(**_handler(metric, output_transform, save_details))
+
+
+class CaseCountHandler(IgniteMetricHandler):
+    """Records ``ImageCaseMetric`` per image for the report; its value is the number of false-positive
+    (image, class) pairs."""
+
+    def __init__(self, include_background: bool = False, output_transform: Callable = lambda x: x) -> None:
+        super().__init__(**_handler(ImageCaseMetric(include_background), output_transform, True))
 
 
 def summarise_metric_details(details: dict[str, torch.Tensor], names: dict[str, str],
-                             class_names: Sequence[str]) -> dict:
+                             class_names: Sequence[str], unit: str = "mm") -> dict:
     """Per-class and mean values from per-image metric buffers.
 
     Args:
         details: ``engine.state.metric_details``: metric name -> (N images, C classes).
-        names: report key (``dice``, ``hd95``, ``iou``) -> metric name in ``details``.
+        names: report key (``dice``, ``hd95``, ``iou``, and ``cases`` for ``ImageCaseMetric``) -> metric name
+            in ``details``.
         class_names: the C foreground class names.
+        unit: the unit of HD95 (``mm`` or ``px``), recorded in the report.
 
     Returns:
-        ``{"mean_dice", "mean_hd95", "mean_iou", "per_class": {name: {"dice", "hd95", "iou"}}, "images": N}``.
+        ``{"mean_dice", "mean_hd95", "mean_iou", "hd95_unit", "images",
+        "per_class": {name: {"dice", "hd95", "iou", "images": {case: count}}}}``.
     """
-    report: dict = {"per_class": {c: {} for c in class_names}}
+    report: dict = {"per_class": {c: {} for c in class_names}, "hd95_unit": unit}
     for key, metric in names.items():
         values = torch.as_tensor(details[metric], dtype=torch.float64)
         if values.shape[-1] != len(class_names):
             raise ValueError(f"{metric} has {values.shape[-1]} classes but class_names has {len(class_names)}")
+        report["images"] = int(values.shape[0])
+        if key == "cases":
+            for c, column in zip(class_names, values.T):
+                report["per_class"][c]["images"] = {name: int((column == code).sum()) for code, name in CASES.items()}
+            continue
         per_class = [float(v) for v in values.nanmean(0)]
         for c, v in zip(class_names, per_class):
             report["per_class"][c][key] = v
         finite = [v for v in per_class if not math.isnan(v)]
         report[f"mean_{key}"] = sum(finite) / len(finite) if finite else float("nan")
-        report["images"] = int(values.shape[0])
     return report
 
 
+class VolumeMetrics:
+    """Dice and HD95 per volume: each group of slices (``group`` in the datalist, e.g. a CHAOS patient)
+    stacked in ``slice`` order, with ``slice_spacing`` as the third spacing. That is how users of 3D data
+    compare; per-slice means weigh a thin slice of liver like the whole organ.
+
+    It runs only when some group holds several slices, and leaves its report in
+    ``engine.state.volume_report`` for ``MetricsReport`` (attach it first).
+
+    Args:
+        class_names: all class names, background first.
+        both_empty: ``exclude`` or ``one`` (see the module docstring).
+    """
+
+    def __init__(self, class_names: Sequence[str], both_empty: str = "exclude") -> None:
+        self.class_names = list(class_names)[1:]
+        self.both_empty = _check_both_empty(both_empty)
+        self.slices: dict[str, list] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.slices.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def collect(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if not isinstance(batch, list) or not isinstance(output, list):
+            return
+        for item, out in zip(batch, output):
+            group = item.get("group")
+            if group is None:
+                continue
+            label = out["label"]
+            spacing = [float(v) for v in label.pixdim[:2]] if isinstance(label, MetaTensor) else [1.0, 1.0]
+            self.slices.setdefault(str(group), []).append(
+                (float(item.get("slice", len(self.slices.get(str(group), [])))), out["pred"].argmax(0).to(torch.uint8),
+                 label.argmax(0).to(torch.uint8), spacing + [float(item.get("slice_spacing", 1.0))]))
+
+    def __call__(self, engine: Engine) -> None:
+        volumes = {g: sorted(s, key=lambda x: x[0]) for g, s in self.slices.items() if len(s) > 1}
+        if not volumes:
+            return
+        n = len(self.class_names) + 1
+        dice = EmptyAwareDiceMetric(both_empty=self.both_empty)
+        hd95 = PhysicalHausdorffDistanceMetric(include_background=False, percentile=95, both_empty=self.both_empty)
+        for group, slices in sorted(volumes.items()):
+            onehot = [torch.nn.functional.one_hot(torch.stack([s[k] for s in slices], -1).long(), n)
+                      .permute(3, 0, 1, 2)[None].float() for k in (1, 2)]
+            dice(onehot[0], onehot[1])
+            hd95(onehot[0], onehot[1], spacing=slices[0][3])
+        details = {"dice": dice.get_buffer(), "hd95": hd95.get_buffer()}
+        report = summarise_metric_details(details, {"dice": "dice", "hd95": "hd95"}, self.class_names)
+        report["volumes"] = report.pop("images")
+        report["groups"] = sorted(volumes)
+        engine.state.volume_report = report
+
+
 class MetricsReport:
-    """At the end of an evaluation, write per-class Dice / HD95 / IoU to JSON and log a table.
+    """At the end of an evaluation, write per-class Dice / HD95 / IoU (and the empty-image counts) to JSON
+    and log a table.
 
     Args:
         output_file: JSON path.
         class_names: all class names, background first (background is left out of the report).
         names: report key -> metric name (must be attached with ``save_details=True``).
+        unit: HD95 unit (the dataset's ``spacing_unit``: ``mm`` or ``px``).
     """
 
-    def __init__(self, output_file: str, class_names: Sequence[str],
-                 names: dict[str, str] | None = None) -> None:
+    def __init__(self, output_file: str, class_names: Sequence[str], names: dict[str, str] | None = None,
+                 unit: str = "mm") -> None:
         self.output_file = output_file
         self.class_names = list(class_names)[1:]
-        self.names = names or {"dice": "val_mean_dice", "hd95": "val_hd95", "iou": "val_mean_iou"}
+        self.names = names or {"dice": "val_mean_dice", "hd95": "val_hd95", "iou": "val_mean_iou", "cases": "val_cases"}
+        self.unit = unit
         self.report: dict = {}
         self.logger = logging.getLogger(__name__)
 
@@ -109,7 +299,10 @@ class MetricsReport:
     def __call__(self, engine: Engine) -> None:
         details = getattr(engine.state, "metric_details", {}) or {}
         names = {k: v for k, v in self.names.items() if v in details}
-        self.report = summarise_metric_details(details, names, self.class_names)
+        self.report = summarise_metric_details(details, names, self.class_names, self.unit)
+        volume = getattr(engine.state, "volume_report", None)
+        if volume:
+            self.report["per_volume"] = {**volume, "hd95_unit": self.unit}
         os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
         with open(self.output_file, "w") as f:
             json.dump(self.report, f, indent=1)
@@ -117,9 +310,24 @@ class MetricsReport:
 
 
 def format_report(report: dict) -> str:
-    """A plain-text table of a ``summarise_metric_details`` report."""
+    """A plain-text table of a ``summarise_metric_details`` report, with the empty-image counts."""
     keys = [k for k in ("dice", "hd95", "iou") if f"mean_{k}" in report]
-    header = f"{'class':<20}" + "".join(f"{k.upper() + (' mm' if k == 'hd95' else ''):>10}" for k in keys)
-    rows = [f"{c:<20}" + "".join(f"{v.get(k, float('nan')):>10.4f}" for k in keys) for c, v in report["per_class"].items()]
+    unit = report.get("hd95_unit", "mm")
+    header = f"{'class':<20}" + "".join(f"{k.upper() + (' ' + unit if k == 'hd95' else ''):>10}" for k in keys)
+    counted = any("images" in v for v in report["per_class"].values())
+    if counted:
+        header += "  images: with class / false-positive / missed / both empty (left out)"
+    rows = []
+    for c, v in report["per_class"].items():
+        row = f"{c:<20}" + "".join(f"{v.get(k, float('nan')):>10.4f}" for k in keys)
+        if "images" in v:
+            n = v["images"]
+            row += (f"  {n['present_in_both'] + n['missed_images']} / {n['false_positive_images']} / "
+                    f"{n['missed_images']} / {n['both_empty']}")
+        rows.append(row)
     rows.append(f"{'mean':<20}" + "".join(f"{report[f'mean_{k}']:>10.4f}" for k in keys))
+    volume = report.get("per_volume")
+    if volume:
+        rows.append(f"per volume ({volume['volumes']} volumes, slices stacked): mean Dice {volume['mean_dice']:.4f}, "
+                    f"mean HD95 {volume['mean_hd95']:.2f} {unit}")
     return "\n".join([header, *rows])

@@ -5,9 +5,11 @@ GPU-hours for TS-KD against 2.5 for MAE on the same data). The teacher is frozen
 views are fixed, so its outputs are too: this cache stores the low-resolution logits and last hidden
 state of each image once, in fp16 ``.npy`` files read through memory maps (not held in RAM).
 
-The manifest records a key made of the teacher's weights, the transfer-set files (content hashes) and
-the input size. A cache whose key differs is stale: it is rebuilt (``on_stale="rebuild"``, logged) or
-refused with an error (``on_stale="error"``); it is never reused silently.
+The manifest records a key made of the teacher's weights and of the teacher's *inputs*: a digest of each
+transfer-set image after the preprocessing (so the file contents, the intensity normalisation, the
+channel handling and the input size are all in it). A cache whose key differs is stale: it is rebuilt
+(``on_stale="rebuild"``, logged) or refused with an error (``on_stale="error"``); it is never reused
+silently.
 
 Augmentation: the views must be fixed to be cached, so the cache serves deterministic preprocessing of
 a transfer set whose augmentation is written to disk (``common.data.make_transfer_set``). With random
@@ -76,7 +78,7 @@ class TeacherCache:
             logger.info(f"teacher cache up to date: {cache_dir} ({len(self.files)} images)")
         elif os.path.isfile(os.path.join(cache_dir, MANIFEST)) and on_stale == "error":
             raise TskdError(f"the teacher cache in '{cache_dir}' was built for another teacher, other images or "
-                            f"another input size ({self._why_stale()}). Delete the folder or set on_stale to 'rebuild'.")
+                            f"other preprocessing ({self._why_stale()}). Delete the folder or set on_stale to 'rebuild'.")
         else:
             if os.path.isfile(os.path.join(cache_dir, MANIFEST)):
                 logger.warning(f"teacher cache in {cache_dir} is stale ({self._why_stale()}); rebuilding")
@@ -84,8 +86,19 @@ class TeacherCache:
 
     def _key(self, image_size: int) -> str:
         self.file_digests = [file_digest(f) for f in self.files]
-        payload = {"teacher": self.teacher_digest, "files": self.file_digests, "image_size": image_size}
+        self.input_digest = self._input_digest()
+        payload = {"teacher": self.teacher_digest, "files": self.file_digests, "inputs": self.input_digest,
+                   "image_size": image_size}
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+    def _input_digest(self) -> str:
+        """sha256 of every preprocessed image the teacher sees (values, shape, dtype)."""
+        h = hashlib.sha256()
+        for d in self.data:
+            image = torch.as_tensor(self.transform(d)["image"]).detach().cpu().contiguous()
+            h.update(f"{tuple(image.shape)}{image.dtype}".encode())
+            h.update(image.numpy().tobytes())
+        return h.hexdigest()
 
     def manifest(self) -> dict:
         path = os.path.join(self.cache_dir, MANIFEST)
@@ -101,6 +114,8 @@ class TeacherCache:
             reasons.append("teacher weights differ")
         if old.get("file_digests") != self.file_digests:
             reasons.append("transfer-set images differ")
+        elif old.get("input_digest") != self.input_digest:
+            reasons.append("the preprocessing (normalisation, channels or size) differs")
         return ", ".join(reasons) or "input size differs"
 
     def _build(self, teacher: nn.Module, image_size: int, batch_size: int, device: torch.device) -> None:
@@ -126,7 +141,8 @@ class TeacherCache:
         logits_mm.flush()
         hidden_mm.flush()
         manifest = {"key": self.key, "teacher": self.teacher_digest, "files": self.files,
-                    "file_digests": self.file_digests, "image_size": image_size, "dtype": "float16",
+                    "file_digests": self.file_digests, "input_digest": self.input_digest, "image_size": image_size,
+                    "dtype": "float16",
                     "logits_shape": list(logits_mm.shape), "hidden_shape": list(hidden_mm.shape)}
         del logits_mm, hidden_mm
         with open(os.path.join(tmp, MANIFEST), "w") as f:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from common.data.io import atomic_folder, file_sha256
 from common.models.checkpoints import load_state_file
 
-__all__ = ["build_scheduler", "DiffusionTrainer", "sample", "write_synthetic_set"]
+__all__ = ["build_scheduler", "DiffusionTrainer", "sample", "write_synthetic_set", "ema_handler"]
 
 TRAIN_STEPS = 1000
 
@@ -140,3 +140,28 @@ def write_synthetic_set(denoiser: nn.Module, checkpoint: str, out: str, n: int, 
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
     return manifest
+
+
+def ema_handler(model: nn.Module, decay: float = 0.999, warmup_iterations: int = 100, warmup_decay: float = 0.9):
+    """Ignite's ``EMAHandler`` configured by the usual *decay* (the weight kept by the average).
+
+    In ignite's EMA the ``momentum`` is the weight of the *online* model (``ema = (1 - m) ema + m model``), so
+    a decay of 0.999 is a momentum of 0.001. During ``warmup_iterations`` the decay rises linearly from
+    ``warmup_decay`` to ``decay``, so a short run's average is not dominated by the random initial weights.
+
+    Args:
+        model: the online model.
+        decay: weight of the running average per iteration, in (0, 1).
+        warmup_iterations: iterations of the linear decay warm-up (0: none).
+        warmup_decay: decay at the first iteration.
+
+    Returns:
+        The handler; ``handler.ema_model`` holds the average.
+    """
+    from ignite.handlers import EMAHandler
+
+    if not 0 < decay < 1:
+        raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+    if warmup_iterations and warmup_iterations > 0 and warmup_decay < decay:
+        return EMAHandler(model, momentum=1 - decay, momentum_warmup=1 - warmup_decay, warmup_iters=int(warmup_iterations))
+    return EMAHandler(model, momentum=1 - decay)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common.data.datalists import load_datalist
+from common.data.io import record_written
 
 __all__ = ["quality_report", "load_images"]
 
@@ -54,6 +55,7 @@ def quality_report(synthetic: torch.Tensor, real: torch.Tensor, out_dir: str, me
     with open(os.path.join(out_dir, "quality.json"), "w") as f:
         json.dump(report, f, indent=1)
     _grid(synthetic[:grid], real[nearest[:grid]], os.path.join(out_dir, "samples.png"))
+    record_written(out_dir, "quality.json", "samples.png")
     return report
 
 
