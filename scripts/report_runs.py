@@ -3,7 +3,7 @@
     python scripts/report_runs.py "teacher=runs/demo/metrics.json#teacher" \
         "student, TS-KD=runs/demo/metrics.json#student" "student, scratch=runs/scratch/metrics.json#student"
 
-Each argument is ``label=FILE[#KEY]``: a ``metrics.json`` written by an evaluation (a bundle's
+Each argument is ``label=FILE[#KEY]`` (split at the last "="): a ``metrics.json`` written by an evaluation (a bundle's
 ``eval/metrics.json``, or the pipeline's ``OUT/metrics.json`` with ``#teacher`` / ``#student``).
 """
 
@@ -16,7 +16,7 @@ import sys
 
 def load_report(spec: str) -> tuple[str, dict]:
     """``label=FILE[#KEY]`` -> (label, report)."""
-    label, _, where = spec.partition("=")
+    label, _, where = spec.rpartition("=")  # a label may hold "=" (r=4); a path seldom does
     path, _, key = where.partition("#")
     with open(path) as f:
         report = json.load(f)
