@@ -19,6 +19,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
 from monai.transforms import Randomizable
 
+from common.data.io import file_sha256
 from common.errors import TskdError, first_line
 
 __all__ = ["NaNLossGuard", "latest_checkpoint", "ResumableCheckpoint", "RunState", "describe_files", "WeightsLoader"]
@@ -60,11 +61,7 @@ def describe_files(value) -> str:
     h = hashlib.sha256()
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
-        if not os.path.isfile(path):
-            return f"missing:{path}"
-        from common.data.io import file_sha256
-
-        return file_sha256(path)
+        return file_sha256(path) if os.path.isfile(path) else f"missing:{path}"
     for item in value:
         for key in sorted(item):
             v = item[key]
@@ -146,18 +143,23 @@ def _loadable(path: str) -> dict | None:
     return checkpoint if isinstance(checkpoint, dict) else None
 
 
-def latest_checkpoint(folder: str, pattern: str = "checkpoint*epoch=*.pt") -> str | None:
-    """The readable epoch checkpoint with the highest epoch number in ``folder``, or None; unreadable ones
-    (e.g. truncated by a crash) are skipped with a warning."""
+def _latest_readable(folder: str, pattern: str) -> tuple[str, dict] | tuple[None, None]:
     found = []
     for path in glob.glob(os.path.join(folder, pattern)):
         m = re.search(r"epoch=(\d+)", os.path.basename(path))
         if m:
             found.append((int(m.group(1)), path))
     for _, path in sorted(found, reverse=True):
-        if _loadable(path) is not None:
-            return path
-    return None
+        checkpoint = _loadable(path)
+        if checkpoint is not None:
+            return path, checkpoint
+    return None, None
+
+
+def latest_checkpoint(folder: str, pattern: str = "checkpoint*epoch=*.pt") -> str | None:
+    """The readable epoch checkpoint with the highest epoch number in ``folder``, or None; unreadable ones
+    (e.g. truncated by a crash) are skipped with a warning."""
+    return _latest_readable(folder, pattern)[0]
 
 
 class ResumableCheckpoint:
@@ -193,9 +195,9 @@ class ResumableCheckpoint:
         if not self.resume:  # a fresh start: an older run's epoch files must not be resumed from later
             for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
                 os.remove(old)
-        path = latest_checkpoint(self.save_dir) if self.resume else None
+        path, checkpoint = _latest_readable(self.save_dir, "checkpoint*epoch=*.pt") if self.resume else (None, None)
         if path:
-            saved = (_loadable(path) or {}).get("run", {}).get("settings", "")
+            saved = checkpoint.get("run", {}).get("settings", "")
             differ = self.run_state.differences(saved)
             if differ:
                 raise TskdError(f"'{path}' was written by a run with other settings ({', '.join(differ)} differ); "

@@ -53,35 +53,29 @@ def _check_both_empty(both_empty: str) -> str:
     return both_empty
 
 
-class EmptyAwareDiceMetric(DiceMetric):
-    """Dice per image and class: 0 for a false positive on an image without the class; images where both
-    are empty are left out (NaN) or score 1 (``both_empty="one"``)."""
+class _BothEmptyRule:
+    """Mixin for MONAI's overlap metrics run with ``ignore_empty=False`` (false positive -> 0, both empty ->
+    1): images where both are empty become NaN (left out) unless ``both_empty="one"``."""
 
     def __init__(self, include_background: bool = False, reduction: str = "mean", both_empty: str = "exclude") -> None:
         super().__init__(include_background=include_background, reduction=reduction, ignore_empty=False)
         self.both_empty = _check_both_empty(both_empty)
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        value = super()._compute_tensor(y_pred, y)  # ignore_empty=False: both empty -> 1, false positive -> 0
-        if self.both_empty == "exclude":
-            pred, gt = _presence(y_pred, y, self.include_background)
-            value = torch.where(~pred & ~gt, torch.full_like(value, float("nan")), value)
-        return value
-
-
-class EmptyAwareIoUMetric(MeanIoU):
-    """IoU per image and class, with the same empty-image rule as ``EmptyAwareDiceMetric``."""
-
-    def __init__(self, include_background: bool = False, reduction: str = "mean", both_empty: str = "exclude") -> None:
-        super().__init__(include_background=include_background, reduction=reduction, ignore_empty=False)
-        self.both_empty = _check_both_empty(both_empty)
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         value = super()._compute_tensor(y_pred, y)
         if self.both_empty == "exclude":
             pred, gt = _presence(y_pred, y, self.include_background)
             value = torch.where(~pred & ~gt, torch.full_like(value, float("nan")), value)
         return value
+
+
+class EmptyAwareDiceMetric(_BothEmptyRule, DiceMetric):
+    """Dice per image and class: 0 for a false positive on an image without the class; images where both
+    are empty are left out (NaN) or score 1 (``both_empty="one"``)."""
+
+
+class EmptyAwareIoUMetric(_BothEmptyRule, MeanIoU):
+    """IoU per image and class, with the same empty-image rule as ``EmptyAwareDiceMetric``."""
 
 
 class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
