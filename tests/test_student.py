@@ -17,13 +17,35 @@ def test_student_shapes(size, channels):
 
 
 def test_student_size_matches_the_paper():
-    params, mb = model_size(build_vit_fpn(image_size=256, in_channels=3, num_classes=2))
+    params, mb = model_size(build_vit_fpn(image_size=256, in_channels=3, num_classes=2, fpn="paper"))
     assert 7e6 < params < 10e6
     assert 28 < mb < 38  # the paper's student with head: 33 MB
 
 
-def test_student_reaches_every_parameter():
-    model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3)
+def _gflop(fn, x):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn(x)
+    return counter.get_total_flops() / 1e9
+
+
+def test_the_default_pyramid_costs_less_than_the_encoder():
+    x = torch.rand(1, 1, 256, 256)
+    costs = {}
+    for fpn in ("light", "paper"):
+        model = build_vit_fpn(image_size=256, fpn=fpn).eval()
+        encoder = _gflop(model.forward_features, x)
+        costs[fpn] = (_gflop(model, x) - encoder) / encoder
+    assert costs["light"] <= 0.55  # measured 0.50: FPN + head cost half the encoder
+    assert costs["paper"] > 3  # 256-channel dense 3x3 convolutions at stride 4 (the issue's 9.1 of 11.9 GFLOP)
+    with pytest.raises(ValueError, match="fpn must be one of"):
+        build_vit_fpn(image_size=64, fpn="wide")
+
+
+@pytest.mark.parametrize("fpn", ["light", "paper"])
+def test_student_reaches_every_parameter(fpn):
+    model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3, fpn=fpn)
     model(torch.rand(2, 1, 64, 64)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -45,3 +67,20 @@ def test_encoder_weights_load_across_sizes_and_bad_files_are_named(tmp_path):
     torch.save({"blocks.0.norm1.weight": torch.ones(192)}, small)
     with pytest.raises(CheckpointError, match="small.pt' lacks"):
         load_encoder_weights(target, str(small))
+
+
+def test_student_exports_match_pytorch(tmp_path):
+    import onnxruntime as ort
+
+    from common.models import export_onnx, max_abs_diff, trace_model
+
+    model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3).eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+    traced = trace_model(model, x, path=str(tmp_path / "student.ts"))
+    loaded = torch.jit.load(str(tmp_path / "student.ts"))
+    assert max_abs_diff(traced(x), reference) <= 1e-4 and max_abs_diff(loaded(x), reference) <= 1e-4
+    path = export_onnx(model, x, str(tmp_path / "student.onnx"))
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert out.shape == (1, 3, 64, 64) and max_abs_diff(torch.from_numpy(out), reference) <= 1e-4

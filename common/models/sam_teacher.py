@@ -198,20 +198,26 @@ def build_sam_teacher(checkpoint: str, variant: str = "vit_b", image_size: int =
     Returns:
         The teacher: LoRA, mask decoder and the no-prompt embedding trainable, the rest frozen.
     """
+    what = f"SAM {variant} checkpoint"
+    teacher = sam_architecture(variant, image_size, num_classes)
+    state = load_state_file(checkpoint, what, SAM_HINT)
+    return _finish(teacher, state, checkpoint, what, SAM_HINT, lora_rank, lora_alpha)
+
+
+def sam_architecture(variant: str = "vit_b", image_size: int = 256, num_classes: int = 2) -> SamTeacher:
+    """SAM's architecture, prompt-free and multi-class, randomly initialised and without LoRA (what
+    ``build_sam_teacher`` loads a checkpoint into; alone, for timing: ``scripts/bench/latency.py``)."""
     if variant not in SAM_VARIANTS:
         raise CheckpointError(f"unknown SAM variant '{variant}'; choose one of {sorted(SAM_VARIANTS)}.")
     if image_size % 16:
         raise ValueError(f"image_size must be a multiple of 16 for SAM, got {image_size}")
-    what = f"SAM {variant} checkpoint"
-    state = load_state_file(checkpoint, what, SAM_HINT)
     grid = image_size // 16
     encoder = ImageEncoderViT(img_size=image_size, patch_size=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True,
                               norm_layer=partial(nn.LayerNorm, eps=1e-6), window_size=14, out_chans=256,
                               **SAM_VARIANTS[variant])
     prompt = PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
                            input_image_size=(image_size, image_size), mask_in_chans=16)
-    teacher = SamTeacher(encoder, prompt, _decoder(num_classes))
-    return _finish(teacher, state, checkpoint, what, SAM_HINT, lora_rank, lora_alpha)
+    return SamTeacher(encoder, prompt, _decoder(num_classes))
 
 
 def litemedsam_checkpoint_path() -> str:
