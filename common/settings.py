@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from common.errors import TskdError
 
-__all__ = ["SettingError", "check_image_size", "check_positive", "check_labels", "check_writable", "check_run_settings",
+__all__ = ["SettingError", "as_flag", "check_image_size", "check_positive", "check_labels", "check_writable", "check_run_settings",
            "PATCH"]
 
 # The student's ViT-Tiny and SAM's encoder cut the image into 16-pixel patches.
@@ -18,6 +18,18 @@ PATCH = 16
 
 class SettingError(TskdError):
     """A run setting has a value that cannot work."""
+
+
+def as_flag(value, name: str = "flag") -> bool:
+    """A yes/no setting: a bool, or the string a command line gives (``--resume false`` arrives as "false")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise SettingError(f"{name} must be true or false, got {value!r}.")
 
 
 def _as_int(name: str, value) -> int:

@@ -125,6 +125,43 @@ def _stage_config(base: dict, *overlays: dict) -> dict:
     return out
 
 
+def _has_key(config: dict, path: str) -> bool:
+    node = config
+    for part in path.split("#"):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _multi_gpu(train: dict, *overlays: dict) -> dict:
+    """The stage's ``multi_gpu_train.json``: a short override of its ``train.json``.
+
+    ``{"__prepend__": [...]}`` / ``{"__append__": [...]}`` extend the stage's own ``initialize`` /
+    ``finalize`` lists (a config override replaces a list whole). ``validate#`` keys are dropped for a stage
+    that trains without validation; any other key must exist in the stage's train.json (the parent of a
+    new ``#`` key must; new top-level keys are named ``ddp_*``), so an override never patches a section
+    the stage does not have.
+    """
+    merged: dict = {}
+    for over in overlays:
+        merged = _merge(merged, over)
+    validates = any(isinstance(h, dict) and h.get("_target_") == "ValidationHandler"
+                    for h in train.get("train", {}).get("handlers", []))
+    out = {}
+    for key, value in merged.items():
+        if key.startswith("validate#") and not validates:
+            continue
+        extends = isinstance(value, dict) and ("__prepend__" in value or "__append__" in value)
+        if extends:
+            value = value.get("__prepend__", []) + list(train.get(key, [])) + value.get("__append__", [])
+        parent = key.rsplit("#", 1)[0] if "#" in key else None
+        if not (extends or _has_key(train, key) or (parent and _has_key(train, parent)) or key.startswith("ddp_")):
+            raise KeyError(f"multi_gpu_train.json overrides '{key}', which this stage's train.json does not have")
+        out[key] = value
+    return out
+
+
 def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     """All files of bundle ``<dataset>_<stage>``: relative path -> text."""
     name = f"{dataset}_{stage}"
@@ -133,13 +170,14 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     # A stage without its own network.json exports the student (pretrain: the distilled student).
     network = _load(os.path.join(own if os.path.isfile(os.path.join(own, "network.json")) else
                                  os.path.join(TEMPLATE, "student"), "network.json"))
+    train = _stage_config(_load(os.path.join(base, "train.json")), network, _load(os.path.join(own, "train.json")))
     configs = {
-        "train.json": _stage_config(_load(os.path.join(base, "train.json")), network, _load(os.path.join(own, "train.json"))),
+        "train.json": train,
         "inference.json": _stage_config(_load(os.path.join(base, "inference.json")), network,
                                         _load(os.path.join(own, "inference.json"))),
         "evaluate.json": _stage_config(_load(os.path.join(base, "evaluate.json")), _load(os.path.join(own, "evaluate.json"))),
-        "multi_gpu_train.json": _stage_config(_load(os.path.join(base, "multi_gpu_train.json")),
-                                              _load(os.path.join(own, "multi_gpu_train.json"))),
+        "multi_gpu_train.json": _multi_gpu(train, _load(os.path.join(base, "multi_gpu_train.json")),
+                                           _load(os.path.join(own, "multi_gpu_train.json"))),
         "metadata.json": _metadata(name, stage, ds),
     }
     # Short overrides of train.json named in the stage's overrides.json (pretrain: TS-KD1..8; synth: sample).
@@ -150,8 +188,17 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         files["configs/logging.conf"] = f.read()
     with open(os.path.join(TEMPLATE, "LICENSE")) as f:
         files["LICENSE"] = f.read()
+    stage_notes = {
+        "pretrain": " The teacher cache is built once, by rank 0, while the other ranks wait; parameters "
+                    "that get no gradient (the FPN head in task-agnostic KD, the projection in TS-KD6) are "
+                    "handled by `ddp_find_unused_parameters`, set from `method`, `w_logit` and `w_hidden`.",
+        "teacher": " The merged export (`model_merged.pt`) is written by rank 0 from the best checkpoint.",
+        "synth": " The exponential moving average is kept on every rank (they agree) and saved by rank 0.",
+    }
+    with open(os.path.join(TEMPLATE, "multi_gpu.md")) as f:
+        multi_gpu = Template(f.read()).substitute(bundle=name, multi_gpu_stage=stage_notes.get(stage, ""))
     with open(os.path.join(own, "README.md")) as f:
-        files["docs/README.md"] = Template(f.read()).substitute(
+        files["docs/README.md"] = Template(f.read()).substitute(multi_gpu=multi_gpu.rstrip("\n"),
             bundle=name, dataset=dataset, title=ds["title"], lora_rank=ds["lora_rank"],
             channels=ds["in_channels"] if fixed else "1- or 3",
             image_size=ds["image_size"] if fixed else "N", classes=", ".join(ds["class_names"]) if fixed else

@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
     parser.add_argument("--teacher_checkpoint", default="",
                         help="an already trained teacher (a teacher bundle's models/model.pt): skips teacher training")
+    parser.add_argument("--fpn", choices=["light", "paper"], default="light",
+                        help="the student's pyramid: light (default, cheaper than its encoder) or the paper's")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
     parser.add_argument("--out", default="runs/demo")
@@ -247,7 +249,7 @@ def run(args) -> None:
         teacher = {**base, **foundation, "epochs": profile["teacher"], "labels": args.labels}
         teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
 
-    student = {**base, "epochs": profile["student"], "labels": args.labels}
+    student = {**base, "fpn": args.fpn, "epochs": profile["student"], "labels": args.labels}
     upstream = ""
     if args.method != "scratch":
         size = args.transfer or profile["transfer"]
@@ -257,7 +259,7 @@ def run(args) -> None:
         else:
             transfer_dir, transfer_stamp = synthetic_set(args, data_dir, out, size, profile)
         pretrain_root = os.path.join(out, f"pretrain_{args.method}")
-        pretrain = {**base, **foundation, "method": args.method, "epochs": profile["pretrain"],
+        pretrain = {**base, **foundation, "fpn": args.fpn, "method": args.method, "epochs": profile["pretrain"],
                     "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
                     "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
@@ -267,12 +269,12 @@ def run(args) -> None:
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream)
     reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root,
                                          {**base, **foundation, "ckpt_path": teacher_ckpt}),
-               "student": evaluate_bundle(args.dataset, "student", student_root, base)}
+               "student": evaluate_bundle(args.dataset, "student", student_root, {**base, "fpn": args.fpn})}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(reports, f, indent=1)
     print("=== predictions on the test split -> predictions.png", flush=True)
     grid = {"teacher": infer_bundle(args.dataset, "teacher", teacher_root, {**base, **foundation, "ckpt_path": teacher_ckpt}),
-            f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, base)}
+            f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, {**base, "fpn": args.fpn})}
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
     lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
              f"{args.labels or 'all'}, seed {args.seed})", ""]

@@ -5,3 +5,5 @@ from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler
                                     PhysicalHausdorffDistanceMetric, format_report, summarise_metric_details)
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer
 from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, file_digest, kd_dataset, module_digest
+from common.engines.distributed import (barrier, check_ranks_agree, finish_distributed, init_distributed, is_rank0,
+                                        local_device, wrap_ddp)

@@ -21,6 +21,7 @@ from monai.transforms import Randomizable
 
 from common.data.io import file_sha256
 from common.errors import TskdError, first_line
+from common.settings import as_flag
 
 __all__ = ["NaNLossGuard", "latest_checkpoint", "ResumableCheckpoint", "RunState", "describe_files", "WeightsLoader"]
 
@@ -170,6 +171,8 @@ class ResumableCheckpoint:
     the random generators. A checkpoint is resumed only when its settings equal this run's; otherwise the
     run stops and says how to start over. Checkpoints are written to a temporary file and renamed (ignite's
     atomic ``DiskSaver``), and the previous one is kept, so a crash while writing never blocks a resume.
+    Under torchrun every rank resumes from the same checkpoint (so the replicas and their epoch counters
+    agree) and only rank 0 writes or deletes checkpoints.
 
     Args:
         save_dir: checkpoint folder.
@@ -187,14 +190,17 @@ class ResumableCheckpoint:
         self.save_dict = save_dict
         self.run_state = RunState(settings, random_transforms)
         # ``--resume false`` reaches a config as the string "false".
-        self.resume = resume if isinstance(resume, bool) else str(resume).strip().lower() not in ("false", "0", "no", "")
+        self.resume = as_flag(resume, "resume")
         self.save_interval = save_interval
 
     def attach(self, engine: Engine) -> None:
+        from common.engines.distributed import barrier, is_rank0
+
         objects = {**self.save_dict, "trainer": engine, "run": self.run_state}
-        if not self.resume:  # a fresh start: an older run's epoch files must not be resumed from later
+        if not self.resume and is_rank0():  # a fresh start: an older run's epoch files must not be resumed from later
             for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
                 os.remove(old)
+        barrier()
         path, checkpoint = _latest_readable(self.save_dir, "checkpoint*epoch=*.pt") if self.resume else (None, None)
         if path:
             saved = checkpoint.get("run", {}).get("settings", "")
@@ -205,8 +211,9 @@ class ResumableCheckpoint:
                                 "are deleted), or choose another --bundle_root.")
             logging.getLogger(__name__).info(f"resuming from {path}")
             CheckpointLoader(load_path=path, load_dict=objects, map_location="cpu").attach(engine)
-        CheckpointSaver(save_dir=self.save_dir, save_dict=objects, file_prefix="", epoch_level=True,
-                        save_interval=self.save_interval, n_saved=2).attach(engine)
+        if is_rank0():
+            CheckpointSaver(save_dir=self.save_dir, save_dict=objects, file_prefix="", epoch_level=True,
+                            save_interval=self.save_interval, n_saved=2).attach(engine)
 
 
 class WeightsLoader:

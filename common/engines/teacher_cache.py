@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from common.data.io import file_sha256 as file_digest
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS
+from common.engines.distributed import barrier, is_rank0
 from common.errors import TskdError
 
 __all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset", "module_digest", "file_digest"]
@@ -74,6 +75,20 @@ class TeacherCache:
         self.teacher_digest = module_digest(teacher)
         self.files = [d["image"] for d in self.data]
         self.key = self._key(image_size)
+        if not is_rank0():  # under torchrun rank 0 alone checks and builds; the others wait, then check
+            barrier()
+            if self.manifest().get("key") != self.key:
+                raise TskdError(f"rank 0 did not leave a teacher cache for these inputs in '{cache_dir}' "
+                                f"({self._why_stale()}); see rank 0's log.")
+            return
+        try:
+            self._check_or_build(teacher, image_size, batch_size, on_stale, device)
+        finally:
+            barrier()
+
+    def _check_or_build(self, teacher: nn.Module, image_size: int, batch_size: int, on_stale: str,
+                        device: str | torch.device) -> None:
+        cache_dir = self.cache_dir
         if self.manifest().get("key") == self.key:
             logger.info(f"teacher cache up to date: {cache_dir} ({len(self.files)} images)")
         elif os.path.isfile(os.path.join(cache_dir, MANIFEST)) and on_stale == "error":
