@@ -26,7 +26,7 @@ from common.data.figures import save_prediction_grid
 from common.data.io import file_sha256
 from common.engines.metrics import format_report
 from common.errors import TskdError
-from common.models import load_state_file
+from common.models import FPN_PRESETS, load_state_file
 from common.settings import check_image_size, check_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,6 +250,9 @@ def run(args) -> None:
         teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
 
     student = {**base, "fpn": args.fpn, "epochs": profile["student"], "labels": args.labels}
+    # What the pyramid's name stands for is part of the stage: a student trained under another definition
+    # of "light" is not reused.
+    architecture = _stamp(FPN_PRESETS[args.fpn])
     upstream = ""
     if args.method != "scratch":
         size = args.transfer or profile["transfer"]
@@ -263,10 +266,10 @@ def run(args) -> None:
                     "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
                     "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
-                                upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp)
+                                upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp + architecture)
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
     student_root = os.path.join(out, f"student_{args.method}")
-    train_bundle(args.dataset, "student", student_root, student, upstream=upstream)
+    train_bundle(args.dataset, "student", student_root, student, upstream=upstream or architecture)
     reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root,
                                          {**base, **foundation, "ckpt_path": teacher_ckpt}),
                "student": evaluate_bundle(args.dataset, "student", student_root, {**base, "fpn": args.fpn})}

@@ -4,4 +4,4 @@ from common.models.sam_teacher import (SAM_VARIANTS, SamTeacher, build_litemedsa
                                        build_teacher, fit_sam_state_dict, litemedsam_checkpoint_path, sam_architecture)
 from common.models.vit_fpn import FPN_PRESETS, SimpleFeaturePyramid, ViTFPN, build_vit_fpn, load_encoder_weights, model_size
 from common.models.kd_student import DistillationStudent
-from common.models.export import export_onnx, max_abs_diff, trace_model
+from common.models.export import count_gflop, export_onnx, max_abs_diff, trace_model

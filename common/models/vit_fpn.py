@@ -8,11 +8,12 @@ Two pyramids (``fpn`` of ``build_vit_fpn``):
 
 - ``light`` (default): depthwise-separable 3x3 convolutions where the maps are large (192 channels at
   strides 4 and 8; dense 256 at 16 and 32), each level followed by GroupNorm + GELU, so the head costs
-  half the encoder it serves (0.5 of the encoder's FLOPs at any input size; ``scripts/bench/latency.py``).
+  less than the encoder it serves (0.41 of the encoder's FLOPs at 256², 0.27 at 512²; attention counted,
+  ``common.models.count_gflop``).
   On the demo it matched the paper's head within 0.01 Dice (README, "Speed and size of the student").
 - ``paper``: 256 channels and dense 3x3 convolutions at every stride, the paper's student (~8.4 M
-  parameters, ~33 MB fp32); 3.3 times the encoder's FLOPs, most of it at stride 4. Kept for exact
-  reproduction.
+  parameters, ~33 MB fp32); 2.7 times the encoder's FLOPs at 256² (1.8 at 512²), most of it at stride 4.
+  Kept for exact reproduction.
 """
 
 from __future__ import annotations

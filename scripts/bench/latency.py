@@ -43,14 +43,6 @@ def _time(fn, min_seconds: float, min_reps: int = 3, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _gflop(model, x) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 1e9
-
-
 def matmul_rate(n: int, min_seconds: float) -> float:
     """GFLOP/s of an n x n fp32 matmul (2 n³ FLOP) with the current thread count."""
     a, b = torch.rand(n, n), torch.rand(n, n)
@@ -59,7 +51,7 @@ def matmul_rate(n: int, min_seconds: float) -> float:
 
 
 def bench_size(size: int, args) -> list[dict]:
-    from common.models import build_litemedsam_teacher, build_vit_fpn, export_onnx, merge_qv_lora, sam_architecture, trace_model
+    from common.models import build_litemedsam_teacher, count_gflop, build_vit_fpn, export_onnx, merge_qv_lora, sam_architecture, trace_model
 
     rows = []
     x = torch.rand(1, 1, size, size)
@@ -70,7 +62,7 @@ def bench_size(size: int, args) -> list[dict]:
         print(f"  {size}² {name:<28} {seconds * 1e3:9.1f} ms  {flops:7.2f} GFLOP  {flops / seconds:6.1f} GFLOP/s", flush=True)
 
     student = build_vit_fpn(image_size=size, in_channels=1, num_classes=args.num_classes, fpn=args.fpn).eval()
-    flops = _gflop(student, x)
+    flops = count_gflop(student, x)
     with torch.inference_mode():
         add(f"student ({args.fpn}) eager", student, lambda: student(x), flops)
     traced = trace_model(student, x)
@@ -100,11 +92,11 @@ def bench_size(size: int, args) -> list[dict]:
 
     sam = sam_architecture("vit_b", image_size=size, num_classes=args.num_classes).eval()
     with torch.inference_mode():
-        add("SAM ViT-B (enc + dec)", sam, lambda: sam(x), _gflop(sam, x))
+        add("SAM ViT-B (enc + dec)", sam, lambda: sam(x), count_gflop(sam, x))
     lite = build_litemedsam_teacher(image_size=size, num_classes=args.num_classes).eval()
     merge_qv_lora(lite.image_encoder)
     with torch.inference_mode():
-        add("LiteMedSAM (enc + dec)", lite, lambda: lite(x), _gflop(lite, x))
+        add("LiteMedSAM (enc + dec)", lite, lambda: lite(x), count_gflop(lite, x))
     return rows
 
 
