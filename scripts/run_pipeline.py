@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
     parser.add_argument("--teacher_checkpoint", default="",
                         help="an already trained teacher (a teacher bundle's models/model.pt): skips teacher training")
-    parser.add_argument("--fpn", choices=["light", "paper"], default="light",
+    parser.add_argument("--fpn", choices=sorted(FPN_PRESETS), default="light",
                         help="the student's pyramid: light (default, cheaper than its encoder) or the paper's")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
@@ -249,7 +249,8 @@ def run(args) -> None:
         teacher = {**base, **foundation, "epochs": profile["teacher"], "labels": args.labels}
         teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
 
-    student = {**base, "fpn": args.fpn, "epochs": profile["student"], "labels": args.labels}
+    student_base = {**base, "fpn": args.fpn}  # every student stage (pretrain, fine-tune, evaluate, infer)
+    student = {**student_base, "epochs": profile["student"], "labels": args.labels}
     # What the pyramid's name stands for is part of the stage: a student trained under another definition
     # of "light" is not reused.
     architecture = _stamp(FPN_PRESETS[args.fpn])
@@ -262,7 +263,7 @@ def run(args) -> None:
         else:
             transfer_dir, transfer_stamp = synthetic_set(args, data_dir, out, size, profile)
         pretrain_root = os.path.join(out, f"pretrain_{args.method}")
-        pretrain = {**base, **foundation, "fpn": args.fpn, "method": args.method, "epochs": profile["pretrain"],
+        pretrain = {**student_base, **foundation, "method": args.method, "epochs": profile["pretrain"],
                     "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
                     "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
@@ -272,12 +273,12 @@ def run(args) -> None:
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream or architecture)
     reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root,
                                          {**base, **foundation, "ckpt_path": teacher_ckpt}),
-               "student": evaluate_bundle(args.dataset, "student", student_root, {**base, "fpn": args.fpn})}
+               "student": evaluate_bundle(args.dataset, "student", student_root, student_base)}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(reports, f, indent=1)
     print("=== predictions on the test split -> predictions.png", flush=True)
     grid = {"teacher": infer_bundle(args.dataset, "teacher", teacher_root, {**base, **foundation, "ckpt_path": teacher_ckpt}),
-            f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, {**base, "fpn": args.fpn})}
+            f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, student_base)}
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
     lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
              f"{args.labels or 'all'}, seed {args.seed})", ""]

@@ -99,7 +99,7 @@ def check_ranks_agree(model: nn.Module, out_dir: str) -> list[str]:
     Returns:
         The digests, one per rank.
     """
-    from common.engines.teacher_cache import module_digest
+    from common.engines.teacher_cache import module_digest, tensor_bytes
 
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     digest = module_digest(model)
@@ -113,8 +113,7 @@ def check_ranks_agree(model: nn.Module, out_dir: str) -> list[str]:
             json.dump({"world_size": len(digests), "digests": digests, "identical": len(set(digests)) == 1}, f, indent=1)
     if len(set(digests)) != 1:
         # Name the tensors that differ (a second, per-tensor exchange, only on failure).
-        mine = {k: hashlib.sha256(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-                for k, v in model.state_dict().items()}
+        mine = {k: hashlib.sha256(tensor_bytes(v)).hexdigest() for k, v in model.state_dict().items()}
         every = [None] * dist.get_world_size()
         dist.all_gather_object(every, mine)
         differ = sorted(k for k in mine if len({r.get(k) for r in every}) > 1)

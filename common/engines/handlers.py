@@ -20,6 +20,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
 from monai.transforms import Randomizable
 
 from common.data.io import file_sha256
+from common.engines.distributed import barrier, is_rank0
 from common.errors import TskdError, first_line
 from common.settings import as_flag
 
@@ -194,8 +195,6 @@ class ResumableCheckpoint:
         self.save_interval = save_interval
 
     def attach(self, engine: Engine) -> None:
-        from common.engines.distributed import barrier, is_rank0
-
         objects = {**self.save_dict, "trainer": engine, "run": self.run_state}
         if not self.resume and is_rank0():  # a fresh start: an older run's epoch files must not be resumed from later
             for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):

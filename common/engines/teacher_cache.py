@@ -36,7 +36,7 @@ from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS
 from common.engines.distributed import barrier, is_rank0
 from common.errors import TskdError
 
-__all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset", "module_digest", "file_digest"]
+__all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset", "module_digest", "tensor_bytes", "file_digest"]
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -48,8 +48,13 @@ def module_digest(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(tensor))
     return h.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw values (on the CPU, contiguous), for hashing."""
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 class TeacherCache:
