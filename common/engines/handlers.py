@@ -120,6 +120,10 @@ class RunState:
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
+    def add_settings(self, **settings) -> None:
+        """Add settings known only once the trainer exists (its epoch count)."""
+        self.settings = json.dumps({**json.loads(self.settings), **settings}, sort_keys=True, default=str)
+
     def differences(self, saved: str) -> list[str]:
         """Names of the settings that differ from ``saved`` (a ``settings`` string from a checkpoint)."""
         old, new = json.loads(saved or "{}"), json.loads(self.settings)
@@ -134,6 +138,13 @@ def _numpy_state(state: tuple) -> list:
 def _from_numpy_state(state: list) -> tuple:
     name, keys, pos, has_gauss, cached = state
     return name, np.asarray(keys.numpy(), np.uint32), pos, has_gauss, cached
+
+
+def _finished(checkpoint: dict) -> bool:
+    """Whether an epoch checkpoint's trainer had done all the epochs it was asked for."""
+    trainer = checkpoint.get("trainer", {})
+    planned = trainer.get("max_epochs", 0) * trainer.get("epoch_length", 0)
+    return bool(planned) and trainer.get("iteration", 0) >= planned
 
 
 def _loadable(path: str) -> dict | None:
@@ -201,6 +212,19 @@ class ResumableCheckpoint:
                 os.remove(old)
         barrier()
         path, checkpoint = _latest_readable(self.save_dir, "checkpoint*epoch=*.pt") if self.resume else (None, None)
+        # The epoch count is part of the run: ignite would otherwise restore the old count over the new one.
+        self.run_state.add_settings(max_epochs=engine.state.max_epochs)
+        if path and _finished(checkpoint):
+            # Re-running a finished run (MONAI Label's /train, or the same command again) trains a new one
+            # rather than resuming a run with nothing left to do; the finished weights stay in the bundle's
+            # model file until the new run writes its own.
+            logging.getLogger(__name__).warning(
+                f"'{path}' ends a finished run; starting a new run of {engine.state.max_epochs} epochs")
+            if is_rank0():
+                for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
+                    os.remove(old)
+            barrier()
+            path = None
         if path:
             saved = checkpoint.get("run", {}).get("settings", "")
             differ = self.run_state.differences(saved)

@@ -1,0 +1,139 @@
+"""A trained demo student served by a real MONAI Label server (monaibundle app, 127.0.0.1, offline):
+/info/, /infer equal to the bundle's own inference, and /train that trains (twice: never a silent resume)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, skip_or_fail
+
+BUNDLE = "demo_student"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, cwd, timeout=600):
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def _state(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The monaibundle app (copied from the monailabel wheel) serving a 1-epoch demo student on 128² MRI."""
+    import importlib.util
+
+    if importlib.util.find_spec("monailabel") is None:
+        skip_or_fail("monailabel is not installed (pip install -r requirements.txt)")
+    import requests
+    from common.data import prepare_demo
+
+    work = tmp_path_factory.mktemp("monailabel")
+    data = work / "data"
+    prepare_demo(str(data), image_size=128, stride=9, block=2, gap=0)
+    _run([sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle",
+          "--output", str(work / "apps")], cwd=work)
+    bundle = work / "apps" / "monaibundle" / "model" / BUNDLE
+    shutil.copytree(os.path.join(ROOT, "bundles", BUNDLE), bundle)
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
+          "--bundle_root", str(bundle), "--dataset_dir", str(data), "--epochs", "1", "--batch_size", "4"], cwd=work)
+
+    # The datastore: the labelled images (labels/final/<same name>) and the unlabelled test images.
+    studies = work / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    datalist = json.load(open(data / "datalist.json"))
+    for item in datalist["training"] + datalist["validation"]:
+        shutil.copy(data / item["image"], studies)
+        shutil.copy(data / item["label"], studies / "labels" / "final" / os.path.basename(item["image"]))
+    for item in datalist["test"]:
+        shutil.copy(data / item["image"], studies)
+
+    port = _free_port()
+    log = open(work / "server.log", "w")
+    # Offline: no model-zoo lookup on GitHub, no SAM2 download.
+    proc = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
+                             str(work / "apps" / "monaibundle"), "--studies", str(studies), "--conf", "models", BUNDLE,
+                             "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=work, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                break
+            try:
+                if requests.get(f"{url}/info/", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail("the MONAI Label server did not answer /info/ within 4 minutes:\n"
+                        + (work / "server.log").read_text()[-3000:])
+        if proc.poll() is not None:
+            pytest.fail("the MONAI Label server exited:\n" + (work / "server.log").read_text()[-5000:])
+        yield {"url": url, "bundle": bundle, "work": work, "test": [data / t["image"] for t in datalist["test"]]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_monailabel_serves_and_retrains_the_student(server):
+    import nibabel as nib
+    import requests
+
+    url, bundle, work = server["url"], server["bundle"], server["work"]
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    model = info["models"][BUNDLE]
+    assert model["dimension"] == 2 and model["labels"] == {"grey_matter": 1, "white_matter": 2}
+    assert BUNDLE in info["trainers"]
+
+    image = server["test"][0]
+    image_id = os.path.basename(str(image)).replace(".nii.gz", "")
+    answer = requests.post(f"{url}/infer/{BUNDLE}", params={"image": image_id, "output": "image"},
+                           files={"params": (None, json.dumps({"device": "cpu"}))}, timeout=300)
+    assert answer.status_code == 200, answer.text[:2000]
+    (work / "served.nii.gz").write_bytes(answer.content)
+    served = np.asarray(nib.load(str(work / "served.nii.gz")).dataobj)
+
+    # The bundle's own inference on the same image.
+    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+          "--bundle_root", str(bundle), "--datalist", str([{"image": str(image)}]),
+          "--output_dir", str(work / "own")], cwd=work)
+    own = np.asarray(nib.load(str(work / "own" / f"{image_id}_seg.nii.gz")).dataobj)
+    assert served.shape == own.shape == (128, 128), (served.shape, own.shape)
+    assert served.dtype == np.uint8 and set(np.unique(served)) <= {0, 1, 2}
+    assert np.array_equal(served, own)
+
+    # Two /train requests: each trains (the second is not a resume of the first's finished run).
+    for epochs in (1, 2):
+        before = _state(bundle / "models" / "model.pt")
+        answer = requests.post(f"{url}/train/{BUNDLE}", params={"run_sync": "true"}, timeout=600,
+                               json={"max_epochs": epochs, "device": "cpu", "val_split": 0.2, "multi_gpu": False,
+                                     "tracking": "None"})
+        assert answer.status_code == 200, answer.text[:2000]
+        after = _state(bundle / "models" / "model.pt")
+        changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
+        assert changed, f"/train with max_epochs={epochs} left models/model.pt unchanged"
+    log = (work / "server.log").read_text()
+    assert "ends a finished run; starting a new run of 2 epochs" in log
+    assert "Epoch[2] Complete" in log
