@@ -8,11 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, skip_or_fail
+from conftest import ROOT, run_ok, skip_or_fail
 
 BUNDLE = "demo_student"
 
@@ -23,12 +24,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd, cwd, timeout=600):
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
 def _state(path):
     import torch
 
@@ -36,24 +31,22 @@ def _state(path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, trained_demo_student):
     """The monaibundle app (copied from the monailabel wheel) serving a 1-epoch demo student on 128² MRI."""
     import importlib.util
 
     if importlib.util.find_spec("monailabel") is None:
         skip_or_fail("monailabel is not installed (pip install -r requirements.txt)")
     import requests
-    from common.data import prepare_demo
 
     work = tmp_path_factory.mktemp("monailabel")
-    data = work / "data"
-    prepare_demo(str(data), image_size=128, stride=9, block=2, gap=0)
-    _run([sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle",
-          "--output", str(work / "apps")], cwd=work)
+    data = Path(trained_demo_student["data"])
+    run_ok([sys.executable, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle",
+            "--output", str(work / "apps")], cwd=work)
     bundle = work / "apps" / "monaibundle" / "model" / BUNDLE
     shutil.copytree(os.path.join(ROOT, "bundles", BUNDLE), bundle)
-    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
-          "--bundle_root", str(bundle), "--dataset_dir", str(data), "--epochs", "1", "--batch_size", "4"], cwd=work)
+    # The trained run's folder as MONAI Label finds it in the bundle: weights and the finished epoch checkpoint.
+    shutil.copytree(os.path.join(trained_demo_student["run"], "models"), bundle / "models")
 
     # The datastore: the labelled images (labels/final/<same name>) and the unlabelled test images.
     studies = work / "studies"
@@ -116,7 +109,7 @@ def test_monailabel_serves_and_retrains_the_student(server):
     served = np.asarray(nib.load(str(work / "served.nii.gz")).dataobj)
 
     # The bundle's own inference on the same image.
-    _run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+    run_ok([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
           "--bundle_root", str(bundle), "--datalist", str([{"image": str(image)}]),
           "--output_dir", str(work / "own")], cwd=work)
     own = np.asarray(nib.load(str(work / "own" / f"{image_id}_seg.nii.gz")).dataobj)
