@@ -1,7 +1,8 @@
 """Generate every dataset x stage bundle from one template and the per-dataset data.
 
-What differs between datasets is data (``bundles/datasets.json``: classes, size, channels, LoRA rank,
-source); what differs between stages is code (``bundles/_template/<stage>/``). Each generated bundle is
+What differs between datasets is data: classes, size and channels where the data code states them
+(``common.data.DATASETS``, ``common.data.demo``), the rest in ``bundles/datasets.json`` (title, LoRA rank,
+source, licence); what differs between stages is code (``bundles/_template/<stage>/``). Each generated bundle is
 self-contained (MONAI and MONAI Label load its configs alone), so nothing is hand-copied:
 
     python scripts/make_bundles.py           # (re)write bundles/<dataset>_<stage>/
@@ -14,6 +15,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 from string import Template
 
@@ -28,6 +30,11 @@ STAGES = {
 }
 # Top-level config keys that take the dataset's value.
 DATASET_KEYS = ("image_size", "in_channels", "class_names", "lora_rank", "dataset_dir")
+# Keys kept even when nothing in the config refers to them: entry points of MONAI, MONAI Label and
+# `monai.bundle ckpt_export` (network_def, merged_def), and the user-facing locations.
+ENTRY_KEYS = {"imports", "initialize", "run", "finalize", "bundle_root", "device", "dataset_dir", "network_def",
+              "merged_def", "network", "train", "validate", "checkpoint_model", "ckpt_path"}
+_REFERENCE = re.compile(r"@([A-Za-z_]\w*)")
 
 
 def _load(path: str) -> dict:
@@ -57,15 +64,70 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def dataset_facts(dataset: str, ds: dict) -> dict:
+    """``ds`` with the dataset's classes, size and channels from where the data code states them (the
+    converter's ``DatasetSpec``, the demo module); ``folder`` reads them from its datalist at run time."""
+    from common.data import DATASETS
+    from common.data import demo
+
+    if dataset == "demo":
+        return {**ds, "class_names": demo.CLASSES, "image_size": demo.IMAGE_SIZE, "in_channels": demo.CHANNELS}
+    if dataset in DATASETS:
+        spec = DATASETS[dataset]
+        return {**ds, "class_names": spec.classes, "image_size": spec.image_size, "in_channels": spec.channels}
+    return ds
+
+
 def _with_dataset(config: dict, ds: dict) -> dict:
     config = dict(config)
     for key in DATASET_KEYS:
         if key in config:
             config[key] = ds[key]
     if "num_classes" in config:
-        # A dataset whose classes are read from its datalist at run time (folder) counts them then.
-        config["num_classes"] = len(ds["class_names"]) if isinstance(ds["class_names"], list) else "$len(@class_names)"
+        config["num_classes"] = "$len(@class_names)"  # the class list is the one statement of the classes
     return config
+
+
+def _references(value) -> set[str]:
+    """Top-level ids a config value refers to (``@name``, ``@name#sub``)."""
+    if isinstance(value, str):
+        return set(_REFERENCE.findall(value))
+    if isinstance(value, dict):
+        return set().union(*(_references(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_references(v) for v in value)) if value else set()
+    return set()
+
+
+def _prune(config: dict, *users: dict) -> dict:
+    """Drop top-level keys that nothing refers to (not the config's other keys, nor the override files
+    that extend it), until none is left; entry points stay."""
+    config = dict(config)
+    while True:
+        used = set().union(*(_references(v) for u in users for v in u.values())) if users else set()
+        for key, value in config.items():
+            used |= {r for r in _references(value) if r != key}
+        unused = [k for k in config if k not in used and k not in ENTRY_KEYS]
+        if not unused:
+            return config
+        for key in unused:
+            del config[key]
+
+
+def _is_literal(value) -> bool:
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, list):
+        return all(_is_literal(v) for v in value)
+    return not isinstance(value, dict)
+
+
+def _tunables_first(config: dict) -> dict:
+    """``imports``, then the plain values a user sets from the command line (epochs, lr, sizes, paths),
+    then the components and expressions built from them (as the model zoo's bundles read)."""
+    keys = list(config)
+    order = [k for k in keys if k == "imports"] + [k for k in keys if k != "imports" and _is_literal(config[k])]
+    return {k: config[k] for k in order + [k for k in keys if k not in order]}
 
 
 def _metadata(name: str, stage: str, ds: dict) -> dict:
@@ -165,25 +227,34 @@ def _multi_gpu(train: dict, *overlays: dict) -> dict:
 def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     """All files of bundle ``<dataset>_<stage>``: relative path -> text."""
     name = f"{dataset}_{stage}"
+    ds = dataset_facts(dataset, ds)
     fixed = isinstance(ds["class_names"], list)
     base, own = os.path.join(TEMPLATE, "base"), os.path.join(TEMPLATE, stage)
     # A stage without its own network.json exports the student (pretrain: the distilled student).
     network = _load(os.path.join(own if os.path.isfile(os.path.join(own, "network.json")) else
                                  os.path.join(TEMPLATE, "student"), "network.json"))
     train = _stage_config(_load(os.path.join(base, "train.json")), network, _load(os.path.join(own, "train.json")))
-    configs = {
-        "train.json": train,
-        "inference.json": _stage_config(_load(os.path.join(base, "inference.json")), network,
-                                        _load(os.path.join(own, "inference.json"))),
-        "evaluate.json": _stage_config(_load(os.path.join(base, "evaluate.json")), _load(os.path.join(own, "evaluate.json"))),
-        "multi_gpu_train.json": _multi_gpu(train, _load(os.path.join(base, "multi_gpu_train.json")),
-                                           _load(os.path.join(own, "multi_gpu_train.json"))),
-        "metadata.json": _metadata(name, stage, ds),
-    }
+    evaluate = _stage_config(_load(os.path.join(base, "evaluate.json")), _load(os.path.join(own, "evaluate.json")))
+    validates = any(isinstance(h, dict) and h.get("_target_") == "ValidationHandler"
+                    for h in train.get("train", {}).get("handlers", []))
+    if not validates and "validate" in train and "validate" not in evaluate:
+        # A stage that trains without validation (pre-training) evaluates with the block; it lives there.
+        evaluate = {"validate": train.pop("validate"), **evaluate}
+    multi_gpu = _multi_gpu(train, _load(os.path.join(base, "multi_gpu_train.json")),
+                           _load(os.path.join(own, "multi_gpu_train.json")))
     # Short overrides of train.json named in the stage's overrides.json (pretrain: TS-KD1..8; synth: sample).
-    configs.update({f"{key}.json": values for key, values in _load(os.path.join(own, "overrides.json")).items()})
-    files = {f"configs/{k}": json.dumps(_with_dataset(v, ds) if k != "metadata.json" else v, indent=4) + "\n"
-             for k, v in configs.items()}
+    overrides = {f"{key}.json": values for key, values in _load(os.path.join(own, "overrides.json")).items()}
+    inference = _stage_config(_load(os.path.join(base, "inference.json")), network,
+                              _load(os.path.join(own, "inference.json")))
+    configs = {
+        "train.json": _tunables_first(_prune(_with_dataset(train, ds), evaluate, multi_gpu, *overrides.values())),
+        "inference.json": _tunables_first(_prune(_with_dataset(inference, ds))),
+        "evaluate.json": evaluate,
+        "multi_gpu_train.json": multi_gpu,
+        "metadata.json": _metadata(name, stage, ds),
+        **overrides,
+    }
+    files = {f"configs/{k}": json.dumps(v, indent=4) + "\n" for k, v in configs.items()}
     with open(os.path.join(TEMPLATE, "logging.conf")) as f:
         files["configs/logging.conf"] = f.read()
     with open(os.path.join(TEMPLATE, "LICENSE")) as f:

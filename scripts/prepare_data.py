@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from common.data import DATASETS, make_transfer_set, prepare_dataset, prepare_demo
-from common.errors import TskdError
+from common.errors import TskdError, install_excepthook
 
 
 def main() -> None:
@@ -50,6 +50,7 @@ def main() -> None:
     transfer.add_argument("--labels", type=int, default=0, help="use the first N labelled images (0: all)")
     transfer.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    install_excepthook()
     try:
         if args.dataset == "transfer":
             info = make_transfer_set(args.datalist, args.out, size=args.size, labels=args.labels, seed=args.seed)

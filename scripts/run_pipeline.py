@@ -25,7 +25,7 @@ from common.data import load_datalist, make_transfer_set, prepare_demo, read_dat
 from common.data.figures import save_prediction_grid
 from common.data.io import file_sha256
 from common.engines.metrics import format_report
-from common.errors import TskdError
+from common.errors import TskdError, install_excepthook
 from common.models import FPN_PRESETS, load_state_file
 from common.settings import check_image_size, check_labels
 
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
     parser.add_argument("--out", default="runs/demo")
     args = parser.parse_args()
+    install_excepthook()
     try:
         run(args)
     except TskdError as e:

@@ -174,6 +174,6 @@ def test_errors_with_empty_messages_are_still_one_clear_line(tmp_path):
     with pytest.raises(TskdError, match="empty.pt' could not be read"):
         load_state_file(str(bad), "trained model")
     # The hook itself, on an error whose message is empty.
-    code = "import common; from common.errors import TskdError; raise TskdError('')"
+    code = "import common; common.install_excepthook(); raise common.TskdError('')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and "tskd error: TskdError" in result.stderr and "Traceback" not in result.stderr

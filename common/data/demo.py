@@ -22,6 +22,9 @@ __all__ = ["MNI_FILES", "mni_paths", "block_split", "prepare_demo"]
 
 MNI_FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 CLASSES = ["background", "grey_matter", "white_matter"]
+# The demo dataset's side and channels (its bundles are generated with them: scripts/make_bundles.py).
+IMAGE_SIZE = 128
+CHANNELS = 1
 
 
 def mni_paths() -> dict[str, str]:
@@ -72,7 +75,7 @@ def _square(a: np.ndarray, fill: float) -> np.ndarray:
     return np.pad(a, pad, constant_values=fill)
 
 
-def prepare_demo(out: str, image_size: int = 128, stride: int = 2, block: int = 6, min_brain: float = 0.05,
+def prepare_demo(out: str, image_size: int = IMAGE_SIZE, stride: int = 2, block: int = 6, min_brain: float = 0.05,
                  gap: int = 1, seed: int = 0) -> dict:
     """Write the demo dataset (NIfTI 2D slices + ``datalist.json``) to ``out``.
 
@@ -103,7 +106,7 @@ def prepare_demo(out: str, image_size: int = 128, stride: int = 2, block: int = 
     datalist: dict = {"name": "demo", "description": "Axial slices of the MNI152 2009a template (nilearn), "
                       "grey/white matter from its tissue probability maps",
                       "labels": {str(i): c for i, c in enumerate(CLASSES)}, "spacing": [spacing, spacing],
-                      "spacing_unit": "mm", "image_size": image_size, "channels": 1, "training": [], "validation": [], "test": []}
+                      "spacing_unit": "mm", "image_size": image_size, "channels": CHANNELS, "training": [], "validation": [], "test": []}
     with atomic_folder(out, datalist) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
         os.makedirs(os.path.join(tmp, "labels"))
