@@ -294,3 +294,29 @@ def test_training_without_a_validation_split_keeps_the_last_epoch(demo_small, tm
     final = torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
     last = torch.load(tmp_path / "b" / "models" / "checkpoint_epoch=2.pt", weights_only=True)["model"]
     assert all(torch.equal(final[k], last[k]) for k in last)
+
+
+@pytest.mark.parametrize("bundle", [b for b in BUNDLES if not b.endswith("_synth")])
+def test_every_segmentation_bundle_is_servable_by_monai_label(bundle):
+    """What MONAI Label's monaibundle app reads (inference.json alone, metadata's first input/output) is there,
+    and the postprocessing left once it strips SaveImaged ends in a 2D integer mask (the demo student and
+    teacher are served by a real server in test_monailabel.py / by hand)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    root = os.path.join(ROOT, "bundles", bundle, "configs")
+    meta = json.load(open(os.path.join(root, "metadata.json")))
+    image = next(iter(meta["network_data_format"]["inputs"].values()))
+    pred = next(iter(meta["network_data_format"]["outputs"].values()))
+    assert len(image["spatial_shape"]) == 2 and pred["channel_def"]["0"] == "background"
+    parser = ConfigParser()
+    parser.read_config(os.path.join(root, "inference.json"))
+    if bundle.startswith("folder"):  # its classes and size come from the user's datalist at run time
+        parser.update({"image_size": 64, "in_channels": 1, "class_names": ["background", "lesion"]})
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer"):
+        assert key in parser.config, key
+    post = [t for t in parser.config["postprocessing"]["transforms"] if t["_target_"] != "SaveImaged"]
+    assert [t["_target_"] for t in post[-2:]] == ["SqueezeDimd", "CastToTyped"]
+    tail = parser.get_parsed_content("postprocessing").transforms[-2:]
+    out = tail[1](tail[0]({"pred": torch.randint(0, 3, (1, 16, 16)).float()}))["pred"]
+    assert out.shape == (16, 16) and out.dtype == torch.uint8
