@@ -4,8 +4,8 @@
 
 Stages: prepare the data (demo only) -> teacher (SAM-LoRA) -> transfer set (a DDPM trained on seeded
 affine views of the labelled images, then sampled with DDIM; or, with ``--transfer_source augment``, the
-affine views themselves) -> pre-train the student by distillation (``--method tskd`` or ``takd``; none for
-``scratch``) -> fine-tune the student on the labels -> evaluate teacher and student on the test split.
+affine views themselves) -> pre-train the student by distillation (``--method tskd`` or ``takd``), by MAE or
+MoCo v3 on the transfer set (``mae``, ``mocov3``), or not at all (``scratch``) -> fine-tune the student on the labels -> evaluate teacher and student on the test split.
 A stage whose outputs exist for the same inputs (including its upstream stages) is skipped, so an
 interrupted run continues where it stopped (each bundle also resumes its own training). Writes
 ``OUT/metrics.json`` ({"teacher": M, "student": M}), ``OUT/summary.md`` and ``OUT/predictions.png``.
@@ -26,7 +26,7 @@ from common.data.figures import save_prediction_grid
 from common.data.io import file_sha256
 from common.engines.metrics import format_report
 from common.errors import TskdError, install_excepthook
-from common.models import FPN_PRESETS, load_state_file
+from common.models import FPN_PRESETS, checkpoint_num_heads, load_state_file
 from common.settings import check_image_size, check_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,12 @@ PROFILES = {
     "smoke": {"teacher": 1, "pretrain": 1, "student": 1, "transfer": 8, "pretrain_batch": 4,  # wiring check (tests)
               "augmented": 8, "synth": 1, "synth_size": 32, "synth_width": 16, "sample_steps": 2, "ema_decay": 0.9},
 }
-METHODS = ("tskd", "takd", "scratch")
+METHODS = ("tskd", "takd", "mae", "mocov3", "imagenet_mae", "scratch")
+# Pre-training methods that are a short override of the pretrain bundle's train.json (configs/<method>.json).
+SELF_SUPERVISED = ("mae", "mocov3")
+MAE_LITE_HINT = ("ImageNet-MAE initialisation needs MAE-lite's ViT-Tiny weights (Wang et al., ICML 2023), published "
+                 "with https://github.com/wangsr126/mae-lite; this project cannot download them. Pass the file with "
+                 "--imagenet_mae_checkpoint.")
 
 
 def _bundle(dataset: str, stage: str) -> str:
@@ -71,18 +76,21 @@ def _weights_digest(root: str) -> str:
     return file_sha256(path) if os.path.isfile(path) else ""
 
 
-def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream: str = "") -> str:
+def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream: str = "",
+                 config: str = "") -> str:
     """Train one bundle into ``root`` unless it was trained with the same overrides and upstream stages and
     its weights are still the ones that training wrote.
 
     ``done.json`` is removed before a stage starts writing and records the sha256 of ``models/model.pt``, so
     weights overwritten by another (interrupted) run are never mistaken for this run's.
 
+    ``config`` names a short override of the stage's train.json (``mae`` -> ``configs/mae.json``).
+
     Returns:
         The stage's stamp (a hash of its overrides, ``upstream`` and the weights), for the stages after it.
     """
     stamp_file, pending_file = os.path.join(root, "done.json"), os.path.join(root, "pending.json")
-    stamp = _stamp({"overrides": overrides, "upstream": upstream})
+    stamp = _stamp({"overrides": overrides, "upstream": upstream, **({"config": config} if config else {})})
     done = _read_json(stamp_file)
     if done.get("stamp") == stamp:
         if done.get("weights_sha256") and done["weights_sha256"] == _weights_digest(root):
@@ -100,7 +108,9 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
     with open(pending_file, "w") as f:
         json.dump({"stamp": stamp}, f)
     start = time.time()
-    _call(["--config_file", os.path.join(_bundle(dataset, stage), "train.json"), *_args(overrides, root),
+    configs = [os.path.join(_bundle(dataset, stage), f"{name}.json") for name in ("train", config) if name]
+    _call(["--config_file", configs[0] if len(configs) == 1 else str(configs),
+           "--meta_file", os.path.join(_bundle(dataset, stage), "metadata.json"), *_args(overrides, root),
            f"--resume={resume}"])
     weights = _weights_digest(root)
     with open(stamp_file, "w") as f:
@@ -184,6 +194,10 @@ def main() -> None:
                         help="an already trained teacher (a teacher bundle's models/model.pt): skips teacher training")
     parser.add_argument("--fpn", choices=sorted(FPN_PRESETS), default="light",
                         help="the student's pyramid: light (default, cheaper than its encoder) or the paper's")
+    parser.add_argument("--imagenet_mae_checkpoint", default="",
+                        help="MAE-lite's ImageNet ViT-Tiny weights, for --method imagenet_mae")
+    parser.add_argument("--num_heads", type=int, default=0,
+                        help="attention heads of the student's ViT-Tiny (default: 3; imagenet_mae: as the checkpoint records)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
     parser.add_argument("--out", default="runs/demo")
@@ -193,6 +207,20 @@ def main() -> None:
         run(args)
     except TskdError as e:
         sys.exit(f"run_pipeline: {e.message}")
+
+
+def imagenet_mae_heads(checkpoint: str, num_heads: int) -> int:
+    """The head count of the ImageNet-MAE student: as given, else as the checkpoint records; one clear error
+    when the checkpoint is missing or records nothing and none was given."""
+    load_state_file(checkpoint, "ImageNet-MAE ViT-Tiny checkpoint (--imagenet_mae_checkpoint)", MAE_LITE_HINT)
+    recorded = checkpoint_num_heads(checkpoint)
+    if num_heads and recorded and num_heads != recorded:
+        raise TskdError(f"'{checkpoint}' records {recorded} attention heads, but --num_heads is {num_heads}.")
+    if not (num_heads or recorded):
+        raise TskdError(f"'{checkpoint}' does not record how many attention heads its ViT-Tiny uses: give --num_heads "
+                        "(MAE-lite's ViT-Tiny uses 12; weights of 3 and 12 heads have the same shapes but compute "
+                        "different functions).")
+    return num_heads or recorded
 
 
 def check_args(args) -> None:
@@ -205,6 +233,12 @@ def check_args(args) -> None:
     if args.teacher_checkpoint:
         load_state_file(args.teacher_checkpoint, "trained teacher checkpoint (--teacher_checkpoint)",
                         "Pass a teacher bundle's models/model.pt, or leave it out to train the teacher.")
+    if args.method == "imagenet_mae":
+        args.num_heads = imagenet_mae_heads(args.imagenet_mae_checkpoint, args.num_heads)
+    elif args.num_heads not in (0, 3) and args.method != "scratch":
+        raise TskdError(f"--num_heads {args.num_heads} needs --method imagenet_mae or scratch: the pre-training stages "
+                        "build timm's 3-head ViT-Tiny, whose weights would load into another head count without "
+                        "error and compute a different function.")
     if args.sam_checkpoint:
         load_state_file(args.sam_checkpoint, f"SAM {args.teacher} checkpoint (--sam_checkpoint)",
                         "Download it from https://github.com/facebookresearch/segment-anything#model-checkpoints.")
@@ -251,12 +285,18 @@ def run(args) -> None:
         teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
 
     student_base = {**base, "fpn": args.fpn}  # every student stage (pretrain, fine-tune, evaluate, infer)
+    if args.num_heads:
+        student_base["num_heads"] = args.num_heads
     student = {**student_base, "epochs": profile["student"], "labels": args.labels}
     # What the pyramid's name stands for is part of the stage: a student trained under another definition
     # of "light" is not reused.
     architecture = _stamp(FPN_PRESETS[args.fpn])
     upstream = ""
-    if args.method != "scratch":
+    if args.method == "imagenet_mae":
+        ckpt = os.path.abspath(args.imagenet_mae_checkpoint)
+        student.update(encoder_checkpoint=ckpt, init_head=False)
+        upstream = _stamp({"imagenet_mae": file_sha256(ckpt)}) + architecture
+    elif args.method != "scratch":
         size = args.transfer or profile["transfer"]
         if args.transfer_source == "augment":
             transfer_dir = augmented_set(data_dir, out, size, args.labels, args.seed)
@@ -268,7 +308,8 @@ def run(args) -> None:
                     "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
                     "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
-                                upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp + architecture)
+                                upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp + architecture,
+                                config=args.method if args.method in SELF_SUPERVISED else "")
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
     student_root = os.path.join(out, f"student_{args.method}")
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream or architecture)

@@ -109,6 +109,7 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path):
         "labels above the split": (["--labels", "999"], ["budget of 999"]),
         "image size": (["--image_size", "100"], ["--image_size", "multiple of 16"]),
         "unwritable output": (["--out", str(tmp_path / "a_file" / "run")], ["cannot write", "a_file"]),
+        "imagenet_mae without weights": (["--method", "imagenet_mae"], ["--imagenet_mae_checkpoint", "mae-lite"]),
     }
     (tmp_path / "a_file").write_text("not a folder")
     failures = []
@@ -125,3 +126,25 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path):
         elif "===" in result.stdout:
             failures.append(f"{name}: a stage started before the check")
     assert not failures, "\n".join(failures)
+
+
+def test_imagenet_mae_head_count_is_recorded_or_given(tmp_path):
+    import importlib.util
+
+    import pytest
+    import torch
+
+    from common.errors import TskdError
+
+    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    weights = {"blocks.0.attn.qkv.weight": torch.zeros(576, 192)}
+    torch.save({"model": weights, "args": {"num_heads": 12}}, tmp_path / "recorded.pth")
+    torch.save(weights, tmp_path / "bare.pth")
+    assert module.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 0) == 12
+    assert module.imagenet_mae_heads(str(tmp_path / "bare.pth"), 12) == 12
+    with pytest.raises(TskdError, match="give --num_heads"):
+        module.imagenet_mae_heads(str(tmp_path / "bare.pth"), 0)
+    with pytest.raises(TskdError, match="records 12 attention heads, but --num_heads is 3"):
+        module.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 3)

@@ -89,3 +89,26 @@ def test_student_exports_match_pytorch(tmp_path):
     path = export_onnx(model, x, str(tmp_path / "student.onnx"))
     out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
     assert out.shape == (1, 3, 64, 64) and max_abs_diff(torch.from_numpy(out), reference) <= 1e-4
+
+
+def test_twelve_head_weights_need_a_twelve_head_student(tmp_path):
+    """MAE-lite's ImageNet ViT-Tiny has 12 heads: its weights fit a 3-head model's shapes exactly but compute
+    another function. The count is read from the checkpoint when recorded, and must agree when given."""
+    import timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=64, in_chans=1, num_classes=0, num_heads=12).eval()
+    x = torch.rand(2, 1, 64, 64)
+    recorded, bare = tmp_path / "mae_lite.pth", tmp_path / "bare.pth"
+    torch.save({"model": reference.state_dict(), "args": {"num_heads": 12}}, recorded)
+    torch.save(reference.state_dict(), bare)
+    student = build_vit_fpn(64, 1, 2, num_heads=None, encoder_checkpoint=str(recorded)).eval()
+    with torch.no_grad():
+        assert torch.allclose(student.encoder.forward_features(x), reference.forward_features(x), atol=1e-5)
+        wrong = build_vit_fpn(64, 1, 2, num_heads=3, encoder_checkpoint=str(bare)).eval()
+        assert not torch.allclose(wrong.encoder.forward_features(x), reference.forward_features(x), atol=1e-3)
+    with pytest.raises(CheckpointError, match="records a ViT-Tiny with 12 attention heads, but num_heads is 3"):
+        build_vit_fpn(64, 1, 2, num_heads=3, encoder_checkpoint=str(recorded))
+    with pytest.raises(CheckpointError, match="does not record how many attention heads"):
+        build_vit_fpn(64, 1, 2, num_heads=None, encoder_checkpoint=str(bare))
+    assert build_vit_fpn(64, 1, 2, num_heads=12, encoder_checkpoint=str(bare)).encoder.blocks[0].attn.num_heads == 12

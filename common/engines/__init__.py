@@ -3,7 +3,8 @@ from common.engines.handlers import (NaNLossGuard, ResumableCheckpoint, RunState
 from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler, EmptyAwareDiceMetric, EmptyAwareIoUMetric,
                                     HD95Handler, ImageCaseMetric, IoUHandler, MetricsReport,
                                     PhysicalHausdorffDistanceMetric, format_report, summarise_metric_details)
-from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer
+from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer, optimisation_step
+from common.engines.selfsup_trainer import SelfSupervisedTrainer
 from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, file_digest, kd_dataset, module_digest
 from common.engines.distributed import (barrier, check_ranks_agree, finish_distributed, init_distributed, is_rank0,
                                         local_device, wrap_ddp)

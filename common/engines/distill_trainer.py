@@ -8,7 +8,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-__all__ = ["DistillationTrainer", "TEACHER_LOGITS", "TEACHER_HIDDEN"]
+__all__ = ["DistillationTrainer", "TEACHER_LOGITS", "TEACHER_HIDDEN", "optimisation_step"]
 
 # Batch keys of cached teacher outputs (see common.engines.teacher_cache).
 TEACHER_LOGITS = "teacher_logits"
@@ -66,19 +66,26 @@ class DistillationTrainer(SupervisedTrainer):
             engine.state.output["kd_hidden"] = terms["hidden"].detach()
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and engine.scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                forward_loss()
-            engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            forward_loss()
-            engine.state.output[Keys.LOSS].backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        optimisation_step(engine, forward_loss)
         return engine.state.output
+
+
+def optimisation_step(engine: SupervisedTrainer, forward_loss) -> None:
+    """One training step as ``SupervisedTrainer._iteration`` takes it (zero grad, forward under AMP when
+    enabled, backward, step, with MONAI's iteration events), around a ``forward_loss`` that sets
+    ``engine.state.output[Keys.LOSS]``."""
+    engine.network.train()
+    engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+    if engine.amp and engine.scaler is not None:
+        with torch.autocast("cuda", **engine.amp_kwargs):
+            forward_loss()
+        engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.scaler.step(engine.optimizer)
+        engine.scaler.update()
+    else:
+        forward_loss()
+        engine.state.output[Keys.LOSS].backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+    engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -146,7 +146,7 @@ class ViTFPN(nn.Module):
 
 
 def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int = 2, fpn: str = "light",
-                  num_heads: int = 3, encoder_checkpoint: str | None = None, init_head: bool = False) -> ViTFPN:
+                  num_heads: int | None = 3, encoder_checkpoint: str | None = None, init_head: bool = False) -> ViTFPN:
     """ViT-Tiny (dim 192, depth 12, patch 16) + FPN head at the task's input size.
 
     Args:
@@ -154,19 +154,48 @@ def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int 
         in_channels: image channels (1 grey, 3 RGB).
         num_classes: classes including background.
         fpn: ``light`` (default) or ``paper`` pyramid.
-        num_heads: attention heads; 3 for ViT-Tiny, 12 to load MAE-lite weights (paper, baselines).
+        num_heads: attention heads: 3 for timm's (and tskd's) ViT-Tiny, 12 for MAE-lite's ImageNet ViT-Tiny
+            (paper, baselines). Weights of one head count load into the other without error but compute a
+            different function, so a checkpoint that records its count (``num_heads``, or inside ``args`` /
+            ``config``) must agree; ``None`` takes the count from the checkpoint, which must then record it.
         encoder_checkpoint: optional encoder weights (see ``load_encoder_weights``).
         init_head: also load the FPN head from ``encoder_checkpoint`` when it holds one (a distilled student).
 
     Returns:
         The student, randomly initialised unless ``encoder_checkpoint`` is given.
     """
+    recorded = checkpoint_num_heads(encoder_checkpoint) if encoder_checkpoint else None
+    if num_heads is None:
+        if recorded is None:
+            raise CheckpointError(
+                f"'{encoder_checkpoint or '(no encoder_checkpoint)'}' does not record how many attention heads its "
+                "ViT-Tiny uses, and num_heads was not given. Weights of 3 and 12 heads have the same shapes but "
+                "compute different functions: give num_heads (3 for timm's and tskd's ViT-Tiny, 12 for MAE-lite's).")
+        num_heads = recorded
+    elif recorded is not None and recorded != num_heads:
+        raise CheckpointError(f"'{encoder_checkpoint}' records a ViT-Tiny with {recorded} attention heads, but "
+                              f"num_heads is {num_heads}: set num_heads to {recorded}.")
     encoder = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=image_size,
                                 in_chans=in_channels, num_classes=0, num_heads=num_heads)
     model = ViTFPN(encoder, num_classes=num_classes, fpn=fpn)
     if encoder_checkpoint:
         load_encoder_weights(model, encoder_checkpoint, with_head=init_head)
     return model
+
+
+def checkpoint_num_heads(path: str) -> int | None:
+    """The attention-head count a checkpoint records (top-level ``num_heads``, or in an ``args`` /
+    ``config`` / ``cfg`` dict, as training scripts save their settings), or None."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: load_encoder_weights reports it with the fix
+        return None
+    if not isinstance(raw, dict):
+        return None
+    for holder in (raw, *(raw.get(k) for k in ("args", "config", "cfg"))):
+        if isinstance(holder, dict) and isinstance(holder.get("num_heads"), int):
+            return holder["num_heads"]
+    return None
 
 
 _PREFIXES = ("module.", "encoder.", "backbone.", "student.encoder.")

@@ -6,6 +6,8 @@ On one transfer set and one student, times (median over epochs after a warm-up e
   - a TS-KD epoch reading the teacher-output cache,
   - a TS-KD epoch running the teacher online,
   - a supervised-only student epoch (0.2 CE + 0.8 Dice) over as many labelled images,
+  - an MAE epoch and a MoCo v3 epoch (the self-supervised baselines; the pretrain bundle's mae.json /
+    mocov3.json components, MoCo with its two augmented views) on the same transfer images,
 each in its own process (threads pinned), and prints the ratios and each mode's peak memory, plus the
 one-time cost of building the cache. Target: cached TS-KD epoch <= 1.3x the student-only epoch.
 """
@@ -64,7 +66,7 @@ def run_mode(args) -> dict:
     from common.data import load_datalist
     from common.engines import DistillationTrainer, TeacherCache, kd_dataset
     from common.losses import TaskSpecificKDLoss
-    from common.models import DistillationStudent, build_vit_fpn
+    from common.models import DistillationStudent, MaskedAutoencoder, MoCoV3, build_vit_fpn
 
     torch.manual_seed(0)
     student = build_vit_fpn(args.image_size, 1, args.num_classes)
@@ -77,6 +79,23 @@ def run_mode(args) -> dict:
         trainer = SupervisedTrainer(device=torch.device(args.device), max_epochs=args.epochs, train_data_loader=loader,
                                     network=student, optimizer=torch.optim.AdamW(student.parameters(), 1e-4),
                                     loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.2, lambda_dice=0.8))
+    elif args.mode in ("mae", "mocov3"):
+        from monai.transforms import Compose, CopyItemsd
+
+        from common.data import random_affine
+        from common.engines import SelfSupervisedTrainer
+
+        data = load_datalist(os.path.join(args.work, "transfer", "datalist.json"), "training")
+        views = ["image"] if args.mode == "mae" else ["image", "image_2"]
+        extra = [] if args.mode == "mae" else [CopyItemsd("image", names="image_2")] + \
+            [random_affine(k, args.image_size, prob=1.0, rotate=0.26, scale=0.1) for k in views]
+        transform = Compose([_transforms(args.image_size, ["image"]), *extra])
+        network = MaskedAutoencoder(student.encoder) if args.mode == "mae" else MoCoV3(student.encoder)
+        loader = DataLoader(Dataset(data, transform), batch_size=args.batch_size, shuffle=True, num_workers=0,
+                            drop_last=True)
+        trainer = SelfSupervisedTrainer(device=torch.device(args.device), max_epochs=args.epochs,
+                                        train_data_loader=loader, network=network, views=views,
+                                        optimizer=torch.optim.AdamW(network.parameters(), 1.5e-4))
     else:
         data = load_datalist(os.path.join(args.work, "transfer", "datalist.json"), "training")
         transform = _transforms(args.image_size, ["image"])
@@ -109,7 +128,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per mode; the first is a warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mode", choices=["cached", "online", "student"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["cached", "online", "student", "mae", "mocov3"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,7 +147,7 @@ def main() -> None:
                      _transforms(args.image_size, ["image"]), args.image_size, device=args.device)
         build = time.perf_counter() - start
         results = {}
-        for mode in ("student", "cached", "online"):
+        for mode in ("student", "cached", "online", "mae", "mocov3"):
             cmd = [sys.executable, __file__, "--mode", mode, "--work", work] + \
                   [f"--{k}={v}" for k, v in vars(args).items() if k not in ("mode", "work") and v is not None]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -141,11 +160,14 @@ def main() -> None:
           f"{args.threads} threads")
     print(f"{'mode':<28}{'s/epoch':>10}{'peak MB':>10}")
     for name, mode in (("student only (supervised)", "student"), ("TS-KD, cached teacher", "cached"),
-                       ("TS-KD, online teacher", "online")):
+                       ("TS-KD, online teacher", "online"), ("MAE", "mae"), ("MoCo v3 (two views)", "mocov3")):
         print(f"{name:<28}{results[mode]['epoch_seconds']:>10.2f}{results[mode]['peak_mb']:>10.0f}")
     print(f"\ncached TS-KD / student epoch: {c / s:.2f}x (target <= 1.3x)")
     print(f"online TS-KD / student epoch: {o / s:.2f}x")
     print(f"online / cached:              {o / c:.2f}x")
+    m, v = results["mae"]["epoch_seconds"], results["mocov3"]["epoch_seconds"]
+    print(f"cached TS-KD / MAE epoch:     {c / m:.2f}x")
+    print(f"cached TS-KD / MoCo v3 epoch: {c / v:.2f}x")
     print(f"cache build (once):           {build:.1f} s = {build / c:.1f} cached epochs")
 
 
