@@ -58,7 +58,9 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
                               capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr
     out = tmp_path / "run"
-    pipeline("--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--out", str(out), "--method", "tskd")
+    # The affine views as transfer set: the DDPM stage is the demo pipeline test's (and the synth bundles').
+    pipeline("--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--out", str(out), "--method", "tskd",
+             "--transfer_source", "augment")
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics["student"]["per_class"]) == {"cyst", "tumour"}
     assert (out / "predictions.png").stat().st_size > 1000
