@@ -41,8 +41,8 @@ def _isolated(bundle_dir, *args):
 def exported(trained_demo_student, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     weights = os.path.join(trained_demo_student["run"], "models", "model.pt")
-    run_ok([sys.executable, os.path.join(ROOT, "scripts", "export_bundle.py"), "bundles/demo_student", "--weights",
-            weights, "--out", str(out), "--version", "0.2.0", "--changelog", "test export"], cwd=ROOT)
+    # scripts/export_bundle.py's main() calls exactly this.
+    _export_module().export_bundle("demo_student", weights, str(out), version="0.2.0", changelog="test export")
     return out / "demo_student"
 
 
@@ -81,8 +81,9 @@ def test_exported_bundle_is_self_contained(exported, trained_demo_student):
 def test_exported_bundle_passes_the_zoo_checks(exported):
     if not os.path.isfile(SCHEMA):
         skip_or_fail(f"model-zoo schema copy not found at {SCHEMA}")
-    log = _isolated(exported, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", SCHEMA)
-    assert "metadata is verified with no error" in log.stdout + log.stderr
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(exported / "configs" / "metadata.json"), filepath=SCHEMA)  # raises if invalid
     log = _isolated(exported, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
                     "--config_file", "configs/inference.json", "--bundle_root", ".")
     assert "data shape of network is verified with no error" in log.stdout + log.stderr

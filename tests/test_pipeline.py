@@ -58,9 +58,9 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
                               capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr
     out = tmp_path / "run"
-    # The affine views as transfer set: the DDPM stage is the demo pipeline test's (and the synth bundles').
-    pipeline("--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--out", str(out), "--method", "tskd",
-             "--transfer_source", "augment")
+    # No pre-training: the folder bundles' pretrain stage is the dataset-bundle tests'; the demo pipeline
+    # test covers the pre-training stages end to end.
+    pipeline("--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--out", str(out), "--method", "scratch")
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics["student"]["per_class"]) == {"cyst", "tumour"}
     assert (out / "predictions.png").stat().st_size > 1000
@@ -104,7 +104,18 @@ def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monke
     assert len(calls) == 3  # done.json names other weights than those on disk
 
 
-def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path):
+def _pipeline_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, monkeypatch, capsys):
+    import pytest
+
     cases = {
         "missing teacher checkpoint": (["--teacher_checkpoint", str(tmp_path / "teacher.pt")], ["teacher.pt", "not found"]),
         "negative labels": (["--labels", "-1"], ["--labels must be 0"]),
@@ -112,35 +123,40 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path):
         "image size": (["--image_size", "100"], ["--image_size", "multiple of 16"]),
         "unwritable output": (["--out", str(tmp_path / "a_file" / "run")], ["cannot write", "a_file"]),
         "imagenet_mae without weights": (["--method", "imagenet_mae"], ["--imagenet_mae_checkpoint", "mae-lite"]),
+        "num_heads for a 3-head pre-training": (["--num_heads", "12"], ["--num_heads 12 needs --method imagenet_mae"]),
     }
     (tmp_path / "a_file").write_text("not a folder")
+    module = _pipeline_module()
     failures = []
     for name, (args, fragments) in cases.items():
         out = ["--out", str(tmp_path / "run")] if "--out" not in args else []
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_pipeline.py"), "--profile", "smoke",
-                                 "--data_dir", demo_small, *out, *args], capture_output=True, text=True, cwd=ROOT,
-                                timeout=300)
-        lines = [line for line in result.stderr.splitlines() if line.startswith("run_pipeline:")]
-        if result.returncode == 0 or "Traceback" in result.stderr or len(lines) != 1:
-            failures.append(f"{name}: exit {result.returncode}, {result.stderr[-800:]!r}")
-        elif not all(f in lines[0] for f in fragments):
-            failures.append(f"{name}: {lines[0]!r} lacks {fragments}")
-        elif "===" in result.stdout:
+        monkeypatch.setattr("sys.argv", ["run_pipeline.py", "--profile", "smoke", "--data_dir", demo_small, *out, *args])
+        with pytest.raises(SystemExit) as stopped:  # any other exception fails the test: it would be a traceback
+            module.main()
+        message = str(stopped.value.code)
+        if not message.startswith("run_pipeline:") or "\n" in message:
+            failures.append(f"{name}: not one line: {message!r}")
+        elif not all(f in message for f in fragments):
+            failures.append(f"{name}: {message!r} lacks {fragments}")
+        elif "===" in capsys.readouterr().out:
             failures.append(f"{name}: a stage started before the check")
     assert not failures, "\n".join(failures)
+    # From the command line: the same check is one line on stderr, without a traceback.
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_pipeline.py"), "--profile", "smoke",
+                             "--data_dir", demo_small, "--out", str(tmp_path / "run"), "--labels", "-1"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("run_pipeline: --labels must be 0"), result.stderr
 
 
 def test_imagenet_mae_head_count_is_recorded_or_given(tmp_path):
-    import importlib.util
-
     import pytest
     import torch
 
     from common.errors import TskdError
 
-    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _pipeline_module()
     weights = {"blocks.0.attn.qkv.weight": torch.zeros(576, 192)}
     torch.save({"model": weights, "args": {"num_heads": 12}}, tmp_path / "recorded.pth")
     torch.save(weights, tmp_path / "bare.pth")

@@ -42,7 +42,8 @@ def build_scheduler(kind: str = "ddpm", train_steps: int = TRAIN_STEPS):
 class DiffusionTrainer(SupervisedTrainer):
     """Noise-prediction training; ``network`` is a denoiser ``(x_t, t) -> noise``.
 
-    Images arrive in [0, 1] and are mapped to [-1, 1]. ``loss_function`` is ignored (MSE on the noise).
+    Images arrive in [0, 1] and are mapped to [-1, 1]. The loss is MSE on the noise; ``loss_function`` is
+    unused (the bundles pass None).
 
     Args:
         args, kwargs: as ``SupervisedTrainer``.
