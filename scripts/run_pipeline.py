@@ -155,6 +155,18 @@ def augmented_set(data_dir: str, out: str, size: int, labels: int, seed: int) ->
     return folder
 
 
+def unlabelled_set(data_dir: str, out: str, size: int, labels: int, seed: int, unlabelled_dir: str) -> str:
+    """Real images nobody labelled (a folder, or the training images beyond the budget) and seeded affine
+    views of them, ``size`` in all (made once per source)."""
+    where = _stamp({"dir": os.path.abspath(unlabelled_dir)}) if unlabelled_dir else "beyond_budget"
+    folder = os.path.join(out, f"unlabelled_{size}_labels{labels}_seed{seed}_{where}")
+    if not os.path.isfile(os.path.join(folder, "datalist.json")):
+        print(f"\n=== unlabelled transfer set: {size} images -> {folder}", flush=True)
+        make_transfer_set(os.path.join(data_dir, "datalist.json"), folder, size=size, labels=labels, seed=seed,
+                          source="unlabelled", unlabelled_dir=unlabelled_dir or None)
+    return folder
+
+
 def synthetic_set(args, data_dir: str, out: str, size: int, profile: dict) -> tuple[str, str]:
     """Train the DDPM on the augmented set (synth bundle), then sample ``size`` images with DDIM."""
     augmented = augmented_set(data_dir, out, profile["augmented"], args.labels, args.seed)
@@ -184,8 +196,11 @@ def main() -> None:
     parser.add_argument("--method", choices=METHODS, default="tskd", help="student pre-training")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--transfer", type=int, default=0, help="transfer-set size (default: the profile's)")
-    parser.add_argument("--transfer_source", choices=["synth", "augment"], default="synth",
-                        help="synth: DDPM samples (the paper); augment: affine views of the labelled images")
+    parser.add_argument("--transfer_source", choices=["synth", "augment", "unlabelled"], default="synth",
+                        help="synth: DDPM samples (the paper); augment: affine views of the labelled images; "
+                             "unlabelled: real images without masks (--unlabelled_dir, or the training images "
+                             "beyond --labels) and their affine views")
+    parser.add_argument("--unlabelled_dir", default="", help="folder of unlabelled images, for --transfer_source unlabelled")
     parser.add_argument("--denoiser", choices=["unet", "swin"], default="unet", help="the DDPM's denoiser")
     parser.add_argument("--labels", type=int, default=0, help="labelled training images to use (0: all)")
     parser.add_argument("--teacher", default="litemedsam", help="litemedsam (embedded) or vit_b / vit_l / vit_h")
@@ -228,6 +243,12 @@ def check_args(args) -> None:
     check_labels(args.labels, "--labels")
     if args.image_size:
         check_image_size(args.image_size, "--image_size")
+    if args.transfer_source == "unlabelled":
+        if args.unlabelled_dir and not os.path.isdir(args.unlabelled_dir):
+            raise TskdError(f"--unlabelled_dir '{args.unlabelled_dir}' is not a folder.")
+        if not args.unlabelled_dir and not args.labels:
+            raise TskdError("--transfer_source unlabelled needs images without labels: give --unlabelled_dir, or a "
+                            "label budget (--labels N) below the training split, whose other images are then used.")
     if args.transfer < 0:
         raise TskdError(f"--transfer must be 0 (the profile's size) or a positive number of images, got {args.transfer}.")
     if args.teacher_checkpoint:
@@ -300,6 +321,9 @@ def run(args) -> None:
         size = args.transfer or profile["transfer"]
         if args.transfer_source == "augment":
             transfer_dir = augmented_set(data_dir, out, size, args.labels, args.seed)
+            transfer_stamp = ""
+        elif args.transfer_source == "unlabelled":
+            transfer_dir = unlabelled_set(data_dir, out, size, args.labels, args.seed, args.unlabelled_dir)
             transfer_stamp = ""
         else:
             transfer_dir, transfer_stamp = synthetic_set(args, data_dir, out, size, profile)

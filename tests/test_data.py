@@ -177,3 +177,34 @@ def test_errors_with_empty_messages_are_still_one_clear_line(tmp_path):
     code = "import common; common.install_excepthook(); raise common.TskdError('')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and "tskd error: TskdError" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unlabelled_transfer_set_from_beyond_the_budget_or_a_folder(demo_small, tmp_path):
+    from PIL import Image
+
+    from common.data import load_datalist, make_transfer_set
+    from common.errors import DataError
+
+    datalist = os.path.join(demo_small, "datalist.json")
+    training = [os.path.basename(d["image"]) for d in load_datalist(datalist, "training")]
+    info = make_transfer_set(datalist, str(tmp_path / "beyond"), size=6, labels=2, seed=0, source="unlabelled")
+    assert len(info["training"]) == 6 and info["images"] == "unlabelled"
+    assert {t["source"] for t in info["training"]} <= set(training[2:])  # never one of the labelled two
+    assert all(set(t) == {"image", "source"} for t in json.load(open(tmp_path / "beyond" / "datalist.json"))["training"])
+    with pytest.raises(DataError, match="needs images without labels"):
+        make_transfer_set(datalist, str(tmp_path / "none"), size=4, labels=0, source="unlabelled")
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(3):  # colour photographs of another size: made grey and resized to the dataset's side
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"s{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    info = make_transfer_set(datalist, str(tmp_path / "folder"), size=5, seed=0, source="unlabelled",
+                             unlabelled_dir=str(folder))
+    assert [t["source"] for t in info["training"]] == ["s0.png", "s1.png", "s2.png", "s0.png", "s1.png"]
+    first = nib.load(str(tmp_path / "folder" / info["training"][0]["image"]))
+    assert first.shape == (64, 64)
+    with pytest.raises(DataError, match="holds no images"):
+        (tmp_path / "no_images").mkdir()
+        make_transfer_set(datalist, str(tmp_path / "empty"), size=2, source="unlabelled",
+                          unlabelled_dir=str(tmp_path / "no_images"))

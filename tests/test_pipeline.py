@@ -124,6 +124,7 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, m
         "unwritable output": (["--out", str(tmp_path / "a_file" / "run")], ["cannot write", "a_file"]),
         "imagenet_mae without weights": (["--method", "imagenet_mae"], ["--imagenet_mae_checkpoint", "mae-lite"]),
         "num_heads for a 3-head pre-training": (["--num_heads", "12"], ["--num_heads 12 needs --method imagenet_mae"]),
+        "unlabelled with every label in use": (["--transfer_source", "unlabelled"], ["--unlabelled_dir", "--labels N"]),
     }
     (tmp_path / "a_file").write_text("not a folder")
     module = _pipeline_module()
