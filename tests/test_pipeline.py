@@ -69,11 +69,7 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
 def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monkeypatch):
     """Another run (e.g. another seed, killed after it rewrote the weights) must not leave this run's
     ``done.json`` pointing at foreign weights: the stage is trained again, not skipped."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
-    pipeline_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline_module)
+    pipeline_module = _pipeline_module()
     calls = []
 
     def fake_training(args):  # what a bundle run leaves behind: its weights

@@ -207,24 +207,22 @@ class ResumableCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.save_dict, "trainer": engine, "run": self.run_state}
-        if not self.resume and is_rank0():  # a fresh start: an older run's epoch files must not be resumed from later
-            for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
-                os.remove(old)
-        barrier()
         path, checkpoint = _latest_readable(self.save_dir, "checkpoint*epoch=*.pt") if self.resume else (None, None)
         # The epoch count is part of the run: ignite would otherwise restore the old count over the new one.
         self.run_state.add_settings(max_epochs=engine.state.max_epochs)
-        if path and _finished(checkpoint):
+        finished = bool(path) and _finished(checkpoint)
+        if finished:
             # Re-running a finished run (MONAI Label's /train, or the same command again) trains a new one
             # rather than resuming a run with nothing left to do; the finished weights stay in the bundle's
             # model file until the new run writes its own.
             logging.getLogger(__name__).warning(
                 f"'{path}' ends a finished run; starting a new run of {engine.state.max_epochs} epochs")
-            if is_rank0():
-                for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
-                    os.remove(old)
-            barrier()
             path = None
+        if (finished or not self.resume) and is_rank0():
+            # A fresh start: an older run's epoch files must not be resumed from later.
+            for old in glob.glob(os.path.join(self.save_dir, "checkpoint*epoch=*.pt")):
+                os.remove(old)
+        barrier()
         if path:
             saved = checkpoint.get("run", {}).get("settings", "")
             differ = self.run_state.differences(saved)
