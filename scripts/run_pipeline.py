@@ -24,6 +24,7 @@ import time
 from common.data import load_datalist, make_transfer_set, prepare_demo, read_datalist_info
 from common.data.figures import save_prediction_grid
 from common.data.io import file_sha256
+from common.engines import read_training_record
 from common.engines.metrics import format_report
 from common.errors import TskdError, install_excepthook
 from common.models import FPN_PRESETS, checkpoint_num_heads, load_state_file
@@ -31,20 +32,28 @@ from common.settings import check_image_size, check_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Epochs per stage and transfer-set size. "paper" follows the paper; "quick" fits the demo in
-# about 12 minutes on 2 CPU cores.
+# Training budgets per stage and the transfer-set size. "quick" fits the demo in about 12 minutes on 2 CPU
+# cores; "paper" follows the paper's epochs.
+# Budgets are in optimizer steps (``steps``, in epochs of ``epoch_length`` steps with a validation after each,
+# ``patience`` validations without a better one stop early), so a set of 11 images and one of 300 both train
+# to convergence within the profile's time; ``epochs`` counts passes over the data instead.
 # The synthetic transfer set comes from a DDPM trained on ``augmented`` views of the labelled images;
 # "quick" trains a small generator at 64² (the distillation stage resizes to the task size).
 # ``ema_decay``: the generator's weight average; a short run needs a short horizon (0.99: ~100 iterations).
 PROFILES = {
-    "quick": {"teacher": 10, "pretrain": 25, "student": 40, "transfer": 160, "pretrain_batch": 16,
+    "quick": {"teacher": {"steps": 150, "patience": 3}, "pretrain": {"steps": 250}, "student": {"steps": 300, "patience": 3},
+              "epoch_length": 25, "transfer": 160, "pretrain_batch": 16,
               "augmented": 160, "synth": 30, "synth_size": 64, "synth_width": 16, "sample_steps": 20, "ema_decay": 0.99},
-    "paper": {"teacher": 160, "pretrain": 1600, "student": 160, "transfer": 3000, "pretrain_batch": 48,
+    "paper": {"teacher": {"epochs": 160}, "pretrain": {"epochs": 1600}, "student": {"epochs": 160},
+              "transfer": 3000, "pretrain_batch": 48,
               "augmented": 1000, "synth": 300, "synth_size": 0, "synth_width": 32, "sample_steps": 50,
               "ema_decay": 0.999},
-    "smoke": {"teacher": 1, "pretrain": 1, "student": 1, "transfer": 8, "pretrain_batch": 4,  # wiring check (tests)
+    "smoke": {"teacher": {"steps": 2}, "pretrain": {"steps": 2}, "student": {"steps": 2},  # wiring check (tests)
+              "epoch_length": 1, "transfer": 8, "pretrain_batch": 4,
               "augmented": 8, "synth": 1, "synth_size": 32, "synth_width": 16, "sample_steps": 2, "ema_decay": 0.9},
 }
+# A teacher whose best validation Dice is below this is reported loudly before anything distils from it.
+WEAK_TEACHER_DICE = 0.5
 METHODS = ("tskd", "takd", "mae", "mocov3", "imagenet_mae", "scratch")
 # Pre-training methods that are a short override of the pretrain bundle's train.json (configs/<method>.json).
 SELF_SUPERVISED = ("mae", "mocov3")
@@ -100,7 +109,7 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
               flush=True)
     # Resume only an interrupted run of these same settings; anything else in the folder is stale.
     resume = _read_json(pending_file).get("stamp") == stamp
-    print(f"\n=== {stage}: training ({overrides.get('epochs')} epochs{', resuming' if resume else ''}) -> {root}",
+    print(f"\n=== {stage}: training ({describe_budget(overrides)}{', resuming' if resume else ''}) -> {root}",
           flush=True)
     os.makedirs(root, exist_ok=True)
     if os.path.isfile(stamp_file):
@@ -118,6 +127,23 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
                    "seconds": round(time.time() - start)}, f)
     os.remove(pending_file)
     return _stamp({"stage": stamp, "weights": weights})
+
+
+def stage_budget(profile: dict, stage: str) -> dict:
+    """A stage's budget overrides: ``steps`` (with ``epoch_length`` and ``patience``) or ``epochs``."""
+    budget = dict(profile[stage])
+    if budget.get("steps"):
+        budget = {"steps": budget["steps"], "epoch_length": profile["epoch_length"],
+                  "patience": budget.get("patience", 0)}
+    return budget
+
+
+def describe_budget(overrides: dict) -> str:
+    if overrides.get("steps"):
+        patience = overrides.get("patience")
+        return (f"at most {overrides['steps']} steps" +
+                (f", early stop after {patience} validations without a better one" if patience else ""))
+    return f"{overrides.get('epochs')} epochs"
 
 
 def evaluate_bundle(dataset: str, stage: str, root: str, overrides: dict) -> dict:
@@ -269,18 +295,21 @@ def check_args(args) -> None:
         load_datalist(datalist, "training", limit=args.labels or None)
 
 
-def run(args) -> None:
-    check_args(args)
-    out = os.path.abspath(args.out)
+def check_output(out: str) -> str:
+    out = os.path.abspath(out)
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write-test")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
-        raise TskdError(f"cannot write the output folder '{args.out}' ({e.strerror or type(e).__name__}); "
+        raise TskdError(f"cannot write the output folder '{out}' ({e.strerror or type(e).__name__}); "
                         "choose a folder you can write to with --out.") from e
+    return out
 
+
+def dataset_folder(args, out: str) -> str:
+    """``--data_dir``, or the demo prepared under ``out/data``."""
     data_dir = args.data_dir
     if data_dir is None:
         if args.dataset != "demo":
@@ -289,67 +318,143 @@ def run(args) -> None:
         if not os.path.isfile(os.path.join(data_dir, "datalist.json")):
             print("=== preparing the demo dataset (MNI152 brain MRI from nilearn)", flush=True)
             prepare_demo(data_dir)
-    data_dir = os.path.abspath(data_dir)
-    profile = PROFILES[args.profile]
-    base = {"dataset_dir": data_dir, "seed": args.seed, **({"image_size": args.image_size} if args.image_size else {})}
+    return os.path.abspath(data_dir)
+
+
+def base_overrides(args, data_dir: str) -> dict:
+    return {"dataset_dir": data_dir, "seed": args.seed, **({"image_size": args.image_size} if args.image_size else {})}
+
+
+def foundation_overrides(args) -> dict:
     foundation = {"teacher": args.teacher}
     if args.sam_checkpoint:
         foundation["sam_checkpoint"] = os.path.abspath(args.sam_checkpoint)
-    teacher_root = os.path.join(out, "teacher")
-    if args.teacher_checkpoint:
-        teacher_ckpt = os.path.abspath(args.teacher_checkpoint)
-        teacher_stamp = _stamp({"teacher_checkpoint": file_sha256(teacher_ckpt)})
-        print(f"=== teacher: using the trained teacher {teacher_ckpt}", flush=True)
-    else:
-        teacher_ckpt = os.path.join(teacher_root, "models", "model.pt")
-        teacher = {**base, **foundation, "epochs": profile["teacher"], "labels": args.labels}
-        teacher_stamp = train_bundle(args.dataset, "teacher", teacher_root, teacher)
+    return foundation
 
-    student_base = {**base, "fpn": args.fpn}  # every student stage (pretrain, fine-tune, evaluate, infer)
+
+def teacher_stage(args, data_dir: str, root: str, profile: dict, lora_rank: int | None = None) -> tuple[str, str]:
+    """Train the SAM-LoRA teacher into ``root`` (or take ``--teacher_checkpoint``); returns its weights and
+    stamp. ``lora_rank`` 0 trains the untuned foundation model's decoder only (no LoRA)."""
+    if args.teacher_checkpoint:
+        ckpt = os.path.abspath(args.teacher_checkpoint)
+        print(f"=== teacher: using the trained teacher {ckpt}", flush=True)
+        return ckpt, _stamp({"teacher_checkpoint": file_sha256(ckpt)})
+    teacher = {**base_overrides(args, data_dir), **foundation_overrides(args), **stage_budget(profile, "teacher"),
+               "labels": args.labels, **({} if lora_rank is None else {"lora_rank": lora_rank})}
+    stamp = train_bundle(args.dataset, "teacher", root, teacher)
+    return os.path.join(root, "models", "model.pt"), stamp
+
+
+def transfer_stage(args, data_dir: str, out: str, profile: dict) -> tuple[str, str]:
+    """The transfer set for ``--transfer_source`` (made once under ``out``); returns its folder and stamp."""
+    size = args.transfer or profile["transfer"]
+    if args.transfer_source == "augment":
+        return augmented_set(data_dir, out, size, args.labels, args.seed), ""
+    if args.transfer_source == "unlabelled":
+        return unlabelled_set(data_dir, out, size, args.labels, args.seed, args.unlabelled_dir), ""
+    return synthetic_set(args, data_dir, out, size, profile)
+
+
+def student_stages(args, data_dir: str, out: str, profile: dict, teacher: tuple[str, str], pretrain_root: str,
+                   student_root: str, student_seed: int | None = None) -> dict:
+    """Pre-train the student by ``--method`` (transfer sets under ``out``) into ``pretrain_root``, then
+    fine-tune it on the labels into ``student_root``.
+
+    Returns:
+        ``overrides`` (what evaluates and infers with this student), ``pretrain_seconds`` (the pre-training
+        stage's training time, 0 for scratch and imagenet_mae) and ``transfer_dir``.
+    """
+    teacher_ckpt, teacher_stamp = teacher
+    student_base = {**base_overrides(args, data_dir), "fpn": args.fpn}  # every student stage
     if args.num_heads:
         student_base["num_heads"] = args.num_heads
-    student = {**student_base, "epochs": profile["student"], "labels": args.labels}
+    student = {**student_base, **stage_budget(profile, "student"), "labels": args.labels}
+    if student_seed is not None:
+        student["seed"] = student_seed
     # What the pyramid's name stands for is part of the stage: a student trained under another definition
     # of "light" is not reused.
     architecture = _stamp(FPN_PRESETS[args.fpn])
-    upstream = ""
+    upstream, seconds, transfer_dir = "", 0, ""
     if args.method == "imagenet_mae":
         ckpt = os.path.abspath(args.imagenet_mae_checkpoint)
         student.update(encoder_checkpoint=ckpt, init_head=False)
         upstream = _stamp({"imagenet_mae": file_sha256(ckpt)}) + architecture
     elif args.method != "scratch":
-        size = args.transfer or profile["transfer"]
-        if args.transfer_source == "augment":
-            transfer_dir = augmented_set(data_dir, out, size, args.labels, args.seed)
-            transfer_stamp = ""
-        elif args.transfer_source == "unlabelled":
-            transfer_dir = unlabelled_set(data_dir, out, size, args.labels, args.seed, args.unlabelled_dir)
-            transfer_stamp = ""
-        else:
-            transfer_dir, transfer_stamp = synthetic_set(args, data_dir, out, size, profile)
-        pretrain_root = os.path.join(out, f"pretrain_{args.method}")
-        pretrain = {**student_base, **foundation, "method": args.method, "epochs": profile["pretrain"],
-                    "batch_size": profile["pretrain_batch"], "transfer_file": os.path.join(transfer_dir, "datalist.json"),
-                    "teacher_checkpoint": teacher_ckpt}
+        transfer_dir, transfer_stamp = transfer_stage(args, data_dir, out, profile)
+        pretrain = {**student_base, **foundation_overrides(args), "method": args.method,
+                    **stage_budget(profile, "pretrain"), "batch_size": profile["pretrain_batch"],
+                    "transfer_file": os.path.join(transfer_dir, "datalist.json"), "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
                                 upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp + architecture,
                                 config=args.method if args.method in SELF_SUPERVISED else "")
+        seconds = _read_json(os.path.join(pretrain_root, "done.json")).get("seconds", 0)
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
-    student_root = os.path.join(out, f"student_{args.method}")
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream or architecture)
-    reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root,
-                                         {**base, **foundation, "ckpt_path": teacher_ckpt}),
+    return {"overrides": {**student_base, **({"seed": student_seed} if student_seed is not None else {})},
+            "pretrain_seconds": seconds, "transfer_dir": transfer_dir}
+
+
+def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
+    """Summary lines comparing the teacher's best validation Dice with the students' (name -> bundle root):
+    loud when the teacher is below ``WEAK_TEACHER_DICE`` or weaker than a student it teaches."""
+    teacher = read_training_record(teacher_root).get("best_metric")
+    if teacher is None:
+        return []
+    lines = [f"Teacher: best validation Dice {teacher:.4f} ({_trained(teacher_root)})."]
+    if teacher < WEAK_TEACHER_DICE:
+        lines.append(f"**WARNING: the teacher is weak (validation Dice {teacher:.4f} < {WEAK_TEACHER_DICE}).** "
+                     "Distilling its logits teaches its mistakes; train it longer (a larger teacher budget, "
+                     "--profile paper) or check its data before trusting a distilled student.")
+    for name, root in students.items():
+        value = read_training_record(root).get("best_metric")
+        if value is None:
+            continue
+        lines.append(f"Student ({name}): best validation Dice {value:.4f} ({_trained(root)}).")
+        if value > teacher:
+            lines.append(f"**WARNING: the teacher (validation Dice {teacher:.4f}) is weaker than the {name} student "
+                         f"({value:.4f}).** Task-specific KD's logit term imitates a teacher worse than the student; "
+                         "train the teacher longer before relying on TS-KD.")
+    return lines
+
+
+def _trained(root: str) -> str:
+    record = read_training_record(root)
+    if not record:
+        return "no record"
+    return (f"{record['steps']} of {record['budget_steps']} steps, best at step {record['best_step']}"
+            + (", stopped early" if record.get("stopped_early") else ""))
+
+
+def run(args) -> None:
+    check_args(args)
+    out = check_output(args.out)
+    data_dir = dataset_folder(args, out)
+    profile = PROFILES[args.profile]
+    base, foundation = base_overrides(args, data_dir), foundation_overrides(args)
+    teacher_root = os.path.join(out, "teacher")
+    teacher_ckpt, teacher_stamp = teacher_stage(args, data_dir, teacher_root, profile)
+    check = teacher_check(teacher_root, {})
+    if check and args.method in ("tskd", "takd"):
+        print("\n".join(["=== teacher check before distilling:", *check]), flush=True)
+    pretrain_root, student_root = os.path.join(out, f"pretrain_{args.method}"), os.path.join(out, f"student_{args.method}")
+    student = student_stages(args, data_dir, out, profile, (teacher_ckpt, teacher_stamp), pretrain_root, student_root)
+    student_base = student["overrides"]
+    teacher_eval = {**base, **foundation, "ckpt_path": teacher_ckpt}
+    reports = {"teacher": evaluate_bundle(args.dataset, "teacher", teacher_root, teacher_eval),
                "student": evaluate_bundle(args.dataset, "student", student_root, student_base)}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(reports, f, indent=1)
     print("=== predictions on the test split -> predictions.png", flush=True)
-    grid = {"teacher": infer_bundle(args.dataset, "teacher", teacher_root, {**base, **foundation, "ckpt_path": teacher_ckpt}),
+    grid = {"teacher": infer_bundle(args.dataset, "teacher", teacher_root, teacher_eval),
             f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, student_base)}
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
     lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
              f"{args.labels or 'all'}, seed {args.seed})", ""]
     if not read_datalist_info(os.path.join(data_dir, "datalist.json")).get("validation"):
         lines += ["No validation split: every stage kept its last epoch's weights (no model selection).", ""]
+    check = teacher_check(teacher_root, {args.method: student_root})
+    if check:
+        lines += [*check, ""]
     for name, report in reports.items():
         lines += [f"## {name}", "", "```", format_report(report), "```", ""]
     lines += ["![test images, ground truth and predictions](predictions.png)", ""]

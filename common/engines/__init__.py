@@ -1,3 +1,4 @@
+from common.engines.budget import ValidationTracker, budget_epochs, read_training_record
 from common.engines.handlers import (NaNLossGuard, ResumableCheckpoint, RunState, WeightsLoader, describe_files,
                                      latest_checkpoint)
 from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler, EmptyAwareDiceMetric, EmptyAwareIoUMetric,
