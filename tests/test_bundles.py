@@ -30,7 +30,7 @@ def ok(result):
 
 
 def test_bundles_are_generated_from_the_template():
-    assert DEMO == ["demo_pretrain", "demo_student", "demo_teacher"]
+    assert DEMO == ["demo_pretrain", "demo_reference", "demo_student", "demo_teacher"]
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_bundles.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
