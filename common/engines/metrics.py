@@ -191,7 +191,9 @@ def summarise_metric_details(details: dict[str, torch.Tensor], names: dict[str, 
 
     Returns:
         ``{"mean_dice", "mean_hd95", "mean_iou", "hd95_unit", "images",
-        "per_class": {name: {"dice", "hd95", "iou", "images": {case: count}}}}``.
+        "per_class": {name: {"dice", "hd95", "iou", "images": {case: count}}},
+        "per_image": {"dice": [[per class] per image in evaluation order], ...}}`` (``None`` where a
+        value is left out), for paired tests between models evaluated on the same images.
     """
     report: dict = {"per_class": {c: {} for c in class_names}, "hd95_unit": unit}
     for key, metric in names.items():
@@ -203,6 +205,8 @@ def summarise_metric_details(details: dict[str, torch.Tensor], names: dict[str, 
             for c, column in zip(class_names, values.T):
                 report["per_class"][c]["images"] = {name: int((column == code).sum()) for code, name in CASES.items()}
             continue
+        report.setdefault("per_image", {})[key] = [[None if math.isnan(v) else round(float(v), 6) for v in row]
+                                                   for row in values]
         per_class = [float(v) for v in values.nanmean(0)]
         for c, v in zip(class_names, per_class):
             report["per_class"][c][key] = v
