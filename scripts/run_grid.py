@@ -142,6 +142,7 @@ class Grid:
         for labels in self.budgets:
             if labels != "all" and int(labels) > self.n_train:
                 raise TskdError(f"--labels {labels}: the training split of {self.datalist} has {self.n_train} images.")
+        self._check_settings()
         self.teachers: dict[str, tuple[str, str, str]] = {}
         self.notes: list[str] = []
         self.tracking = None
@@ -156,6 +157,23 @@ class Grid:
                 mlflow.create_experiment(name, artifact_location="file://" + os.path.join(self.out, "mlartifacts"))
             mlflow.set_experiment(name)
             self.tracking = mlflow
+
+    # Settings every cell depends on: a grid folder holds one value of each (methods, budgets, sizes and
+    # seeds may be extended between runs).
+    FIXED = ("dataset", "profile", "transfer_source", "unlabelled_dir", "seed", "image_size", "fpn", "teacher",
+             "sam_checkpoint", "denoiser")
+
+    def _check_settings(self) -> None:
+        path = os.path.join(self.out, "grid.json")
+        mine = {k: getattr(self.args, k) for k in self.FIXED}
+        saved = rp._read_json(path)
+        differ = [f"--{k} {saved[k]!r} there, {mine[k]!r} now" for k in self.FIXED if k in saved and saved[k] != mine[k]]
+        if differ:
+            raise TskdError(f"'{self.out}' holds a grid run with other settings ({'; '.join(differ)}); its finished "
+                            "cells would be mixed with these. Choose another --out.")
+        if not saved and not self.args.report_only:
+            with open(path, "w") as f:
+                json.dump(mine, f, indent=1)
 
     # --- records -------------------------------------------------------------------------------------
     def _record_path(self, name: str) -> str:

@@ -63,7 +63,7 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     import run_grid
 
     out = tmp_path / "grid"
-    argv = ["--data_dir", demo_small, "--profile", "smoke", "--image_size", "64", "--methods", "scratch,tskd",
+    argv = ["--data_dir", demo_small, "--profile", "smoke", "--image_size", "64", "--methods", "tskd",
             "--labels", "3", "--seeds", "2", "--lora_ranks", "none", "--out", str(out), "--qualitative", "2"]
     real_evaluate, calls = run_grid.rp.evaluate_bundle, []
 
@@ -71,7 +71,7 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
         calls.append(root)
         if "tskd_labels3_transfer8_seed1235" in root:
             raise KeyboardInterrupt  # Ctrl-C while the last cell evaluates
-        if "scratch_labels3_seed1235" in root:
+        if "labels3_seed1235" in root and "reference" in root:
             sys.exit("stage failed (exit 1): python -m monai.bundle run ...")  # a failing stage
         return real_evaluate(dataset, stage, root, overrides)
 
@@ -79,7 +79,7 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     with pytest.raises(KeyboardInterrupt):
         run_grid.main(argv)
     cells = sorted(os.listdir(out / "cells"))
-    assert "scratch_labels3_seed1235.json" in cells and "tskd_labels3_transfer8_seed1235.json" not in cells
+    assert "dynunet_labels3_seed1235.json" in cells and "tskd_labels3_transfer8_seed1235.json" not in cells
     monkeypatch.setattr(run_grid.rp, "evaluate_bundle", real_evaluate)
     trained = []
     real_train = run_grid.rp.train_bundle
@@ -87,23 +87,26 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     run_grid.main(argv)
     # Finished cells are not run again; the failed one and the interrupted one are.
     assert not any("seed1234" in root for root in trained)
-    assert any("scratch_labels3_seed1235" in root for root in trained)
+    assert any("reference/labels3_seed1235" in root for root in trained)
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(r["method"], r["seed"]) for r in rows} == {("teacher", "1234"), ("dynunet", "1234"), ("dynunet", "1235"),
-                                                      ("scratch", "1234"), ("scratch", "1235"), ("tskd", "1234"),
-                                                      ("tskd", "1235")}
+                                                      ("tskd", "1234"), ("tskd", "1235")}
     assert all(r["status"] == "done" for r in rows)
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
     tables = (out / "tables.md").read_text()
     for fragment in ("### 3 labels, transfer set of 8 images", "| TS-KD | 2 |", "| DynUNet (nnU-Net 2D plan) | 2 |",
-                     "TS-KD vs scratch", "Wilcoxon", "## Teacher checks", "## Pre-training wall time", "GFLOP"):
+                     "TS-KD vs DynUNet", "Wilcoxon", "## Teacher checks", "## Pre-training wall time", "GFLOP"):
         assert fragment in tables, fragment
     for png in ("dice_vs_labels.png", "qualitative.png"):
         assert (out / png).stat().st_size > 5000
+    # Another transfer source in the same folder would mix its cells with these: one clear error.
+    with pytest.raises(SystemExit) as refused:
+        run_grid.main([*argv, "--transfer_source", "unlabelled"])
+    assert "--transfer_source 'augment' there, 'unlabelled' now" in str(refused.value.code)
     import mlflow
 
     mlflow.set_tracking_uri("sqlite:///" + str(out / "mlruns.db"))
     runs = mlflow.search_runs(experiment_names=["tskd-grid-demo"])
-    assert len(runs) >= 7 and {"tskd", "scratch", "dynunet", "teacher"} <= set(runs["tags.method"])
+    assert len(runs) >= 5 and {"tskd", "dynunet", "teacher"} <= set(runs["tags.method"])
     assert "metrics.mean_dice" in runs.columns and "metrics.dice_grey_matter" in runs.columns
