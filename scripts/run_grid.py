@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -38,6 +37,7 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the main job's stages, shared with every cell
 
 from common.comparison import (METHOD_NAMES, REFERENCE, TEACHER, mutual_information, paired_test,  # noqa: E402
                                plot_dice_vs_labels, plot_dice_vs_transfer, read_results, write_results,
@@ -46,16 +46,9 @@ from common.data import load_datalist
 from common.data.datalists import class_names  # noqa: E402
 from common.data.figures import save_prediction_grid  # noqa: E402
 from common.errors import TskdError, first_line, install_excepthook  # noqa: E402
+import run_pipeline as rp  # noqa: E402
 
 
-def _pipeline():
-    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = _pipeline()
 PRETRAINED = ("mae", "mocov3", "takd", "tskd")  # methods that pre-train on a transfer set
 
 
@@ -239,7 +232,7 @@ class Grid:
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as e:  # a failed stage exits with its command; the grid goes on
-            message = e.message if isinstance(e, TskdError) else first_line(e) if str(e) else type(e).__name__
+            message = _failure(e)
             print(f"!!! cell {name} failed: {message}", flush=True)
             if not isinstance(e, (TskdError, SystemExit)):
                 traceback.print_exc()
@@ -257,10 +250,14 @@ class Grid:
             self.teachers[key] = (ckpt, stamp, root)
         return self.teachers[key]
 
-    def _teacher_eval(self, labels: str, root: str, ckpt: str, lora_rank: int | None = None) -> dict:
+    def _teacher_overrides(self, labels: str, ckpt: str, lora_rank: int | None = None) -> dict:
+        """What evaluates and infers with the teacher of a label budget."""
         args = cell_args(self.args, "tskd", labels, 0)
-        overrides = {**rp.base_overrides(args, self.data_dir), **rp.foundation_overrides(args), "ckpt_path": ckpt,
-                     **({} if lora_rank is None else {"lora_rank": lora_rank})}
+        return {**rp.base_overrides(args, self.data_dir), **rp.foundation_overrides(args), "ckpt_path": ckpt,
+                **({} if lora_rank is None else {"lora_rank": lora_rank})}
+
+    def _teacher_eval(self, labels: str, root: str, ckpt: str, lora_rank: int | None = None) -> dict:
+        overrides = self._teacher_overrides(labels, ckpt, lora_rank)
         return rp.evaluate_bundle(self.args.dataset, "teacher", root, overrides), overrides
 
     def teacher_cell(self, labels: str) -> dict:
@@ -332,7 +329,7 @@ class Grid:
                 except KeyboardInterrupt:
                     raise
                 except (Exception, SystemExit) as e:
-                    message = e.message if isinstance(e, TskdError) else first_line(e) if str(e) else type(e).__name__
+                    message = _failure(e)
                     print(f"!!! teacher diagnostics rank {rank} failed: {message}", flush=True)
                     record = {"status": "failed", "rank": rank, "labels": labels, "error": message}
                 self._save(name, record)
@@ -501,9 +498,8 @@ class Grid:
         teacher = self._record(f"teacher_labels{labels}").get("row", {})
         if teacher.get("status") == "done":
             ckpt, _, root = self.teacher(labels)
-            overrides = {**rp.base_overrides(cell_args(self.args, "tskd", labels, 0), self.data_dir),
-                         **rp.foundation_overrides(self.args), "ckpt_path": ckpt}
-            columns[METHOD_NAMES[TEACHER]] = rp.infer_bundle(self.args.dataset, "teacher", root, overrides)
+            columns[METHOD_NAMES[TEACHER]] = rp.infer_bundle(self.args.dataset, "teacher", root,
+                                                             self._teacher_overrides(labels, ckpt))
         names = [(REFERENCE, f"{REFERENCE}_labels{labels}_seed{seed}", "reference")]
         names += [(m, cell_id(m, labels, transfer if m in PRETRAINED else 0, seed), "student") for m in self.methods]
         for method, name, stage in names:
@@ -520,6 +516,11 @@ class Grid:
             path = save_prediction_grid(self.datalist, columns, os.path.join(self.out, "qualitative.png"),
                                         n=self.args.qualitative)
             print(f"written: {path} ({labels} labels, seed {seed})", flush=True)
+
+
+def _failure(e: BaseException) -> str:
+    """One line for a failed cell: a TskdError's message, the exit message of a failed stage, or the error."""
+    return e.message if isinstance(e, TskdError) else first_line(e) if str(e) else type(e).__name__
 
 
 def main(argv=None) -> None:

@@ -361,8 +361,8 @@ def student_stages(args, data_dir: str, out: str, profile: dict, teacher: tuple[
     fine-tune it on the labels into ``student_root``.
 
     Returns:
-        ``overrides`` (what evaluates and infers with this student), ``pretrain_seconds`` (the pre-training
-        stage's training time, 0 for scratch and imagenet_mae) and ``transfer_dir``.
+        ``overrides`` (what evaluates and infers with this student) and ``pretrain_seconds`` (the
+        pre-training stage's training time, 0 for scratch and imagenet_mae).
     """
     teacher_ckpt, teacher_stamp = teacher
     student_base = {**base_overrides(args, data_dir), "fpn": args.fpn}  # every student stage
@@ -374,7 +374,7 @@ def student_stages(args, data_dir: str, out: str, profile: dict, teacher: tuple[
     # What the pyramid's name stands for is part of the stage: a student trained under another definition
     # of "light" is not reused.
     architecture = _stamp(FPN_PRESETS[args.fpn])
-    upstream, seconds, transfer_dir = "", 0, ""
+    upstream, seconds = "", 0
     if args.method == "imagenet_mae":
         ckpt = os.path.abspath(args.imagenet_mae_checkpoint)
         student.update(encoder_checkpoint=ckpt, init_head=False)
@@ -391,25 +391,27 @@ def student_stages(args, data_dir: str, out: str, profile: dict, teacher: tuple[
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream or architecture)
     return {"overrides": {**student_base, **({"seed": student_seed} if student_seed is not None else {})},
-            "pretrain_seconds": seconds, "transfer_dir": transfer_dir}
+            "pretrain_seconds": seconds}
 
 
 def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
     """Summary lines comparing the teacher's best validation Dice with the students' (name -> bundle root):
     loud when the teacher is below ``WEAK_TEACHER_DICE`` or weaker than a student it teaches."""
-    teacher = read_training_record(teacher_root).get("best_metric")
+    record = read_training_record(teacher_root)
+    teacher = record.get("best_metric")
     if teacher is None:
         return []
-    lines = [f"Teacher: best validation Dice {teacher:.4f} ({_trained(teacher_root)})."]
+    lines = [f"Teacher: best validation Dice {teacher:.4f} ({_trained(record)})."]
     if teacher < WEAK_TEACHER_DICE:
         lines.append(f"**WARNING: the teacher is weak (validation Dice {teacher:.4f} < {WEAK_TEACHER_DICE}).** "
                      "Distilling its logits teaches its mistakes; train it longer (a larger teacher budget, "
                      "--profile paper) or check its data before trusting a distilled student.")
     for name, root in students.items():
-        value = read_training_record(root).get("best_metric")
+        record = read_training_record(root)
+        value = record.get("best_metric")
         if value is None:
             continue
-        lines.append(f"Student ({name}): best validation Dice {value:.4f} ({_trained(root)}).")
+        lines.append(f"Student ({name}): best validation Dice {value:.4f} ({_trained(record)}).")
         if value > teacher:
             lines.append(f"**WARNING: the teacher (validation Dice {teacher:.4f}) is weaker than the {name} student "
                          f"({value:.4f}).** Task-specific KD's logit term imitates a teacher worse than the student; "
@@ -417,10 +419,8 @@ def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
     return lines
 
 
-def _trained(root: str) -> str:
-    record = read_training_record(root)
-    if not record:
-        return "no record"
+def _trained(record: dict) -> str:
+    """How a stage trained, from its ``training.json`` record."""
     return (f"{record['steps']} of {record['budget_steps']} steps, best at step {record['best_step']}"
             + (", stopped early" if record.get("stopped_early") else ""))
 

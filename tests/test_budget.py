@@ -1,7 +1,6 @@
 """Training budgets in optimizer steps, validation-based early stopping, and the teacher check that reads
 what they record."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_pipeline
 from common.engines import budget_epochs, read_training_record
 
 
@@ -50,13 +49,6 @@ def test_a_tiny_and_a_larger_set_train_the_same_steps_and_early_stop_ends_the_ru
     assert "ends a finished run; starting a new run" in again and "handlers - INFO - resuming from" not in again
 
 
-def _pipeline_module():
-    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _record(root, best, steps=100):
     os.makedirs(os.path.join(root, "models"), exist_ok=True)
     with open(os.path.join(root, "models", "training.json"), "w") as f:
@@ -66,7 +58,7 @@ def _record(root, best, steps=100):
 
 
 def test_the_summary_says_loudly_when_the_teacher_is_weaker_than_a_student(tmp_path):
-    pipeline = _pipeline_module()
+    pipeline = load_pipeline()
     teacher = _record(tmp_path / "teacher", 0.27, steps=30)
     lines = pipeline.teacher_check(teacher, {"scratch": _record(tmp_path / "scratch", 0.84),
                                              "tskd": _record(tmp_path / "tskd", 0.20)})
@@ -82,7 +74,7 @@ def test_the_summary_says_loudly_when_the_teacher_is_weaker_than_a_student(tmp_p
 
 @pytest.mark.parametrize("profile", ["quick", "smoke"])
 def test_profiles_size_every_segmentation_stage_in_steps(profile):
-    pipeline = _pipeline_module()
+    pipeline = load_pipeline()
     for stage in ("teacher", "pretrain", "student"):
         budget = pipeline.stage_budget(pipeline.PROFILES[profile], stage)
         assert budget["steps"] > 0 and budget["epoch_length"] > 0 and "epochs" not in budget

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, load_pipeline
 
 
 def pipeline(*args):
@@ -66,7 +66,7 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
 def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monkeypatch):
     """Another run (e.g. another seed, killed after it rewrote the weights) must not leave this run's
     ``done.json`` pointing at foreign weights: the stage is trained again, not skipped."""
-    pipeline_module = _pipeline_module()
+    pipeline_module = load_pipeline()
     calls = []
 
     def fake_training(args):  # what a bundle run leaves behind: its weights
@@ -97,15 +97,6 @@ def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monke
     assert len(calls) == 3  # done.json names other weights than those on disk
 
 
-def _pipeline_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, monkeypatch, capsys):
     import pytest
 
@@ -120,7 +111,7 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, m
         "unlabelled with every label in use": (["--transfer_source", "unlabelled"], ["--unlabelled_dir", "--labels N"]),
     }
     (tmp_path / "a_file").write_text("not a folder")
-    module = _pipeline_module()
+    module = load_pipeline()
     failures = []
     for name, (args, fragments) in cases.items():
         out = ["--out", str(tmp_path / "run")] if "--out" not in args else []
@@ -150,7 +141,7 @@ def test_imagenet_mae_head_count_is_recorded_or_given(tmp_path):
 
     from common.errors import TskdError
 
-    module = _pipeline_module()
+    module = load_pipeline()
     weights = {"blocks.0.attn.qkv.weight": torch.zeros(576, 192)}
     torch.save({"model": weights, "args": {"num_heads": 12}}, tmp_path / "recorded.pth")
     torch.save(weights, tmp_path / "bare.pth")
