@@ -32,6 +32,32 @@ def test_denoiser_trains_one_step_with_ema_and_samples(kind, channels):
     assert images.shape == (2, channels, size, size) and 0 <= images.min() and images.max() <= 1
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_training_target_by_hand(prediction):
+    """The regression target of each prediction type, from the forward process x_t = a x0 + s eps with
+    a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t): eps, v = a eps - s x0, or x0."""
+    torch.manual_seed(0)
+    net = build_denoiser("unet", image_size=32, channels=1, width=16)
+    trainer = DiffusionTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[], network=net,
+                               optimizer=torch.optim.Adam(net.parameters()), loss_function=None,
+                               prediction_type=prediction)
+    x0, eps, t = torch.rand(2, 1, 4, 4) * 2 - 1, torch.randn(2, 1, 4, 4), torch.tensor([10, 900])
+    alpha_bar = trainer.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    expected = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[prediction]
+    torch.testing.assert_close(trainer._target(x0, eps, t), expected)
+    # The sampler inverts the same parametrisation: from the true target at step t it recovers x0.
+    from common.synth.diffusion import build_scheduler
+
+    scheduler = build_scheduler("ddim", prediction_type=prediction)
+    scheduler.set_timesteps(1000)
+    x_t = a[1:] * x0[1:] + s[1:] * eps[1:]
+    step = scheduler.step(expected[1:], int(t[1]), x_t, eta=0.0)
+    torch.testing.assert_close(step.pred_original_sample, x0[1:].clamp(-1, 1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction type"):
+        build_scheduler("ddim", prediction_type="noise")
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_sampling_is_reproducible(sampler):
     torch.manual_seed(0)

@@ -28,30 +28,48 @@ __all__ = ["build_scheduler", "DiffusionTrainer", "sample", "write_synthetic_set
 TRAIN_STEPS = 1000
 
 
-def build_scheduler(kind: str = "ddpm", train_steps: int = TRAIN_STEPS):
-    """diffusers' DDPM or DDIM scheduler with linear betas (the DDPM paper's schedule)."""
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def build_scheduler(kind: str = "ddpm", train_steps: int = TRAIN_STEPS, prediction_type: str = "epsilon"):
+    """diffusers' DDPM or DDIM scheduler with linear betas (the DDPM paper's schedule).
+
+    ``prediction_type``: what the denoiser predicts: ``epsilon`` (the noise, the DDPM paper),
+    ``v_prediction`` (the velocity, Salimans & Ho 2022) or ``sample`` (the clean image).
+    """
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type '{prediction_type}': use one of {', '.join(PREDICTION_TYPES)}")
     if kind == "ddpm":
-        return DDPMScheduler(num_train_timesteps=train_steps, beta_schedule="linear")
+        return DDPMScheduler(num_train_timesteps=train_steps, beta_schedule="linear", prediction_type=prediction_type)
     if kind == "ddim":
-        return DDIMScheduler(num_train_timesteps=train_steps, beta_schedule="linear")
+        return DDIMScheduler(num_train_timesteps=train_steps, beta_schedule="linear", prediction_type=prediction_type)
     raise ValueError(f"unknown sampler '{kind}': use 'ddpm' or 'ddim'")
 
 
 class DiffusionTrainer(SupervisedTrainer):
-    """Noise-prediction training; ``network`` is a denoiser ``(x_t, t) -> noise``.
+    """Denoising training; ``network`` is a denoiser ``(x_t, t) -> prediction``.
 
-    Images arrive in [0, 1] and are mapped to [-1, 1]. The loss is MSE on the noise; ``loss_function`` is
-    unused (the bundles pass None).
+    Images arrive in [0, 1] and are mapped to [-1, 1]. The loss is MSE on the noise (``epsilon``), the
+    velocity (``v_prediction``) or the clean image (``sample``); ``loss_function`` is unused (the bundles pass
+    None).
 
     Args:
         args, kwargs: as ``SupervisedTrainer``.
+        train_steps: diffusion steps of the forward process.
+        prediction_type: ``epsilon``, ``v_prediction`` or ``sample`` (the sampler must use the same).
     """
 
-    def __init__(self, *args, train_steps: int = TRAIN_STEPS, **kwargs) -> None:
+    def __init__(self, *args, train_steps: int = TRAIN_STEPS, prediction_type: str = "epsilon", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.noise_scheduler = build_scheduler("ddpm", train_steps)
+        self.noise_scheduler = build_scheduler("ddpm", train_steps, prediction_type)
+        self.prediction_type = prediction_type
+
+    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(x0, noise, t)
+        return x0 if self.prediction_type == "sample" else noise
 
     def _iteration(self, engine: DiffusionTrainer, batchdata: dict) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -67,7 +85,7 @@ class DiffusionTrainer(SupervisedTrainer):
         with torch.autocast("cuda", enabled=bool(engine.amp and engine.scaler is not None), **engine.amp_kwargs):
             pred = engine.network(noisy, t)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            loss = F.mse_loss(pred.float(), noise)
+            loss = F.mse_loss(pred.float(), self._target(x0, noise, t))
         engine.state.output.update({Keys.PRED: pred.detach(), Keys.LOSS: loss})
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if engine.amp and engine.scaler is not None:
@@ -85,13 +103,14 @@ class DiffusionTrainer(SupervisedTrainer):
 
 @torch.no_grad()
 def sample(denoiser: nn.Module, n: int, image_size: int, channels: int, sampler: str = "ddim", steps: int = 50,
-           batch_size: int = 16, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
+           batch_size: int = 16, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+           prediction_type: str = "epsilon") -> torch.Tensor:
     """Generate ``n`` images in [0, 1], (n, C, S, S); the same seed and weights give the same images.
 
     Each batch draws its noise from its own generator seeded with ``seed + batch index``, so a result does
-    not depend on what ran before it.
+    not depend on what ran before it. ``prediction_type`` is the one the denoiser was trained with.
     """
-    scheduler = build_scheduler(sampler)
+    scheduler = build_scheduler(sampler, prediction_type=prediction_type)
     scheduler.set_timesteps(steps)  # DDPM: 1,000 for the full reverse process; DDIM: e.g. 50
     denoiser = denoiser.to(device).eval()
     out = []
@@ -111,7 +130,7 @@ def sample(denoiser: nn.Module, n: int, image_size: int, channels: int, sampler:
 
 def write_synthetic_set(denoiser: nn.Module, checkpoint: str, out: str, n: int, image_size: int, channels: int,
                         sampler: str = "ddim", steps: int = 50, batch_size: int = 16, seed: int = 0,
-                        device: str | torch.device = "cpu") -> dict:
+                        device: str | torch.device = "cpu", prediction_type: str = "epsilon") -> dict:
     """Load the generator weights, sample ``n`` images and write them as a transfer set.
 
     Args:
@@ -120,16 +139,17 @@ def write_synthetic_set(denoiser: nn.Module, checkpoint: str, out: str, n: int, 
         out: output folder: ``sNNNNN.nii.gz`` images, ``datalist.json`` (``training`` list) and
             ``manifest.json`` (checkpoint hash, seed, sampler, steps) so a transfer set can be traced and
             reproduced.
-        n, image_size, channels, sampler, steps, batch_size, seed, device: see ``sample``.
+        n, image_size, channels, sampler, steps, batch_size, seed, device, prediction_type: see ``sample``.
 
     Returns:
         The manifest.
     """
     state = load_state_file(checkpoint, "generator checkpoint", "Train the synth bundle first (configs/train.json).")
     denoiser.load_state_dict(state)
-    images = sample(denoiser, n, image_size, channels, sampler, steps, batch_size, seed, device)
+    images = sample(denoiser, n, image_size, channels, sampler, steps, batch_size, seed, device,
+                    prediction_type=prediction_type)
     manifest = {"generator": os.path.abspath(checkpoint), "generator_sha256": file_sha256(checkpoint), "seed": seed,
-                "sampler": sampler, "steps": steps, "count": n,
+                "sampler": sampler, "steps": steps, "prediction_type": prediction_type, "count": n,
                 "image_size": image_size, "channels": channels}
     datalist = {"name": "synthetic", "manifest": manifest, "training": []}
     with atomic_folder(out, datalist) as tmp:

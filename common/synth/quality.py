@@ -18,7 +18,20 @@ import torch
 from common.data.datalists import load_datalist
 from common.data.io import record_written
 
-__all__ = ["quality_report", "load_images"]
+__all__ = ["quality_report", "load_images", "image_transform"]
+
+
+def image_transform(image_size: int, channels: int = 1) -> Callable:
+    """The bundles' image preprocessing without augmentation: load, scale the 0.5-99.5 percentiles to
+    [0, 1], resize to ``image_size`` (area). What the generator trains on and is compared with."""
+    from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityRangePercentilesd
+
+    from common.data.transforms import LoadImage2Dd
+
+    return Compose([LoadImage2Dd("image", in_channels=channels),
+                    ScaleIntensityRangePercentilesd("image", 0.5, 99.5, 0.0, 1.0, clip=True),
+                    Resized("image", (image_size, image_size), mode="area"),
+                    EnsureTyped("image", dtype=torch.float32)])
 
 
 def load_images(datalist_file: str, key: str, transform: Callable) -> torch.Tensor:

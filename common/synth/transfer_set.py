@@ -17,7 +17,7 @@ __all__ = ["make_synthetic_transfer_set", "report_folder", "save_generator"]
 def make_synthetic_transfer_set(denoiser: nn.Module, checkpoint: str, out: str, reference: str, transform: Callable,
                                 n: int = 1000, image_size: int = 128, channels: int = 1, sampler: str = "ddim",
                                 steps: int = 50, batch_size: int = 16, seed: int = 0,
-                                device: str | torch.device = "cpu") -> dict:
+                                device: str | torch.device = "cpu", prediction_type: str = "epsilon") -> dict:
     """Sample ``n`` images into ``out`` (with ``manifest.json``), then write ``out/quality.json`` (PSNR/MSE
     against the nearest of ``reference``'s training images) and ``out/samples.png``.
 
@@ -27,13 +27,14 @@ def make_synthetic_transfer_set(denoiser: nn.Module, checkpoint: str, out: str, 
         out: the transfer-set folder (a ``datalist.json`` the pretrain bundle reads as ``transfer_file``).
         reference: the dataset's datalist (its training images are the real reference).
         transform: preprocessing giving ``image`` in [0, 1] at the generator's size.
-        n, image_size, channels, sampler, steps, batch_size, seed, device: see ``common.synth.diffusion.sample``.
+        n, image_size, channels, sampler, steps, batch_size, seed, device, prediction_type: see
+            ``common.synth.diffusion.sample``.
 
     Returns:
         The quality report (with the manifest under ``"manifest"``).
     """
     manifest = write_synthetic_set(denoiser, checkpoint, out, n, image_size, channels, sampler, steps, batch_size,
-                                   seed, device)
+                                   seed, device, prediction_type)
     synthetic = load_images(os.path.join(out, "datalist.json"), "training", transform)
     real = load_images(reference, "training", transform)
     report = quality_report(synthetic, real, out)

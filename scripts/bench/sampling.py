@@ -32,19 +32,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized,
-                                  ScaleIntensityRangePercentilesd)
-
     from common.models import load_state_file
-    from common.synth import build_denoiser, load_images, quality_report, sample
+    from common.synth import build_denoiser, image_transform, load_images, quality_report, sample
 
     net = build_denoiser(args.denoiser, args.image_size, args.channels, args.width)
     net.load_state_dict(load_state_file(args.checkpoint, "generator checkpoint"))
-    transform = Compose([LoadImaged("image", image_only=True),
-                         EnsureChannelFirstd("image", channel_dim=-1 if args.channels > 1 else None),
-                         ScaleIntensityRangePercentilesd("image", 0.5, 99.5, 0.0, 1.0, clip=True),
-                         Resized("image", (args.image_size, args.image_size), mode="area"),
-                         EnsureTyped("image", dtype=torch.float32)])
+    transform = image_transform(args.image_size, args.channels)
     real = load_images(os.path.join(args.data_dir, "datalist.json"), "training", transform)
     results = {}
     for sampler, steps in (("ddim", args.ddim_steps), ("ddpm", args.ddpm_steps)):
