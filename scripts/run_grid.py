@@ -60,8 +60,8 @@ def parse_args(argv=None):
                         help=f"comma-separated, of {', '.join(rp.METHODS)}")
     parser.add_argument("--labels", default="5,10,all", help="label budgets (numbers of labelled images, or all)")
     parser.add_argument("--transfer", default="", help="transfer-set sizes (default: the profile's)")
-    parser.add_argument("--transfer_source", choices=["synth", "augment", "unlabelled"], default="augment",
-                        help="as run_pipeline.py; augment by default: the quick profile's DDPM samples are still noise")
+    parser.add_argument("--transfer_source", choices=["synth", "augment", "unlabelled"], default=None,
+                        help="as run_pipeline.py (default: the profile's)")
     parser.add_argument("--unlabelled_dir", default="")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per cell: --seed, --seed+1, ...")
     parser.add_argument("--seed", type=int, default=1234)
@@ -124,6 +124,8 @@ class Grid:
         args.data_dir = self.data_dir
         self.datalist = os.path.join(self.data_dir, "datalist.json")
         self.profile = rp.PROFILES[args.profile]
+        if args.transfer_source is None:
+            args.transfer_source = self.profile["transfer_source"]
         self.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for m in self.methods:
             if m not in rp.METHODS:
@@ -462,6 +464,7 @@ class Grid:
                 lines.append(f"| {d['rank']}{' (untuned)' if d['rank'] == 0 else ''} | {d['mean_dice']:.4f} | "
                              f"{d['mean_hd95']:.2f} | {val} | {d['mi_bits']:.4f} | {d['label_entropy_bits']:.4f} |")
             lines.append("")
+        lines += self._transfer_lines()
         times = {}
         for r in rows:
             if r["status"] == "done" and r["method"] in PRETRAINED and r.get("pretrain_seconds") not in ("", None):
@@ -474,6 +477,21 @@ class Grid:
             lines.append("")
         lines += self._flops()
         return lines
+
+    def _transfer_lines(self) -> list[str]:
+        """What each transfer set is (source, size, a synthetic set's quality), from the pre-training records."""
+        lines = []
+        for labels in self.budgets:
+            for transfer in self.transfers:
+                for method in [m for m in self.methods if m in PRETRAINED]:
+                    done = rp._read_json(os.path.join(self.out, "pretrain", f"{method}_labels{labels}_transfer{transfer}",
+                                                      "done.json"))
+                    if done.get("overrides", {}).get("transfer_file"):
+                        folder = os.path.dirname(done["overrides"]["transfer_file"])
+                        report = rp.transfer_report(self.args.transfer_source, folder)
+                        lines += [f"{labels} labels, transfer {transfer}:", *(f"- {line}" for line in report), ""]
+                        break
+        return ["## Transfer sets", "", *lines] if lines else []
 
     def _flops(self) -> list[str]:
         import torch

@@ -64,7 +64,8 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
 
     out = tmp_path / "grid"
     argv = ["--data_dir", demo_small, "--profile", "smoke", "--image_size", "64", "--methods", "tskd",
-            "--labels", "3", "--seeds", "2", "--lora_ranks", "none", "--out", str(out), "--qualitative", "2"]
+            "--labels", "3", "--seeds", "2", "--lora_ranks", "none", "--out", str(out), "--qualitative", "2",
+            "--transfer_source", "augment"]
     real_evaluate, calls = run_grid.rp.evaluate_bundle, []
 
     def interrupted(dataset, stage, root, overrides):
@@ -96,13 +97,14 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
     tables = (out / "tables.md").read_text()
     for fragment in ("### 3 labels, transfer set of 8 images", "| TS-KD | 2 |", "| DynUNet (nnU-Net 2D plan) | 2 |",
-                     "TS-KD vs DynUNet", "Wilcoxon", "## Teacher checks", "## Pre-training wall time", "GFLOP"):
+                     "TS-KD vs DynUNet", "Wilcoxon", "## Teacher checks", "## Pre-training wall time", "GFLOP",
+                     "## Transfer sets", "Transfer set: 8 images, the labelled training images and their affine views"):
         assert fragment in tables, fragment
     for png in ("dice_vs_labels.png", "qualitative.png"):
         assert (out / png).stat().st_size > 5000
     # Another transfer source in the same folder would mix its cells with these: one clear error.
     with pytest.raises(SystemExit) as refused:
-        run_grid.main([*argv, "--transfer_source", "unlabelled"])
+        run_grid.main([*argv[:-2], "--transfer_source", "unlabelled"])
     assert "--transfer_source 'augment' there, 'unlabelled' now" in str(refused.value.code)
     import mlflow
 

@@ -39,11 +39,29 @@ def test_pipeline_writes_metrics_and_skips_done_stages(demo_small, tmp_path):
         assert set(report["per_class"]) == {"grey_matter", "white_matter"}
         assert set(report["per_class"]["grey_matter"]) == {"dice", "hd95", "iou", "images"}
         assert report["hd95_unit"] == "mm"  # the demo's NIfTI slices carry their spacing
-    assert "## student" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## student" in summary and "Transfer set: 8 synthetic images" in summary
+    # One smoke-profile epoch of the generator makes noise: the summary says so, loudly.
+    assert "**WARNING: the synthetic transfer set is of low quality" in summary
     # Same inputs: every training stage is skipped (test_comparison's grid reuses shared stages across methods).
     again = stages(pipeline("--data_dir", demo_small, "--out", str(out), "--method", "tskd"))
     assert not any(": training (" in line for line in again)
     assert sum("already trained" in line for line in again) == 4  # teacher, synth, pretrain, student
+
+
+def test_transfer_report_states_source_and_quality(tmp_path):
+    pipeline_module = load_pipeline()
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    (folder / "datalist.json").write_text(json.dumps({"manifest": {"steps": 20}, "training": [{"image": "s0.nii.gz"}] * 3}))
+    assert "quality is unknown" in pipeline_module.transfer_report("synth", str(folder))[-1]
+    for psnr, loud in ((pipeline_module.LOW_SYNTH_PSNR + 3, False), (pipeline_module.LOW_SYNTH_PSNR - 0.5, True)):
+        (folder / "quality.json").write_text(json.dumps({"mean_psnr": psnr, "mean_mse": 50.0, "near_copies": [1]}))
+        lines = pipeline_module.transfer_report("synth", str(folder))
+        assert lines[0].startswith("Transfer set: 3 synthetic images") and f"mean PSNR {psnr:.2f} dB" in lines[1]
+        assert "near-copies (PSNR > 40 dB): 1" in lines[1]
+        assert any("WARNING" in line for line in lines) == loud
+    assert "affine views" in pipeline_module.transfer_report("augment", str(folder))[0]
 
 
 def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
