@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # and its weight average) and ``sample_steps`` the DDIM steps. "quick" trains a small generator (the
 # distillation stage resizes its samples to the task size): scripts/bench/quick_generator.py measured the route.
 # The quick generator learns from mild affine views (a few degrees, a few per cent): the transfer set's own views
-# (TRANSFER_AUGMENTATION) are on average 16-17 dB from the nearest real image, so even a perfect generator of
+# (TRANSFER_AUGMENTATION) are on average 16.0 dB from the nearest real image on the demo, so even a perfect generator of
 # them would not look like the dataset by that measure.
 # ``transfer_source``: the default source of the transfer set. Quick: on the demo, TS-KD students from the quick
 # generator's samples and from the affine views were level (3 seeds, inside the noise; README), and the views

@@ -96,16 +96,20 @@ def main() -> None:
     results_file = os.path.join(args.out, f"results_{os.path.basename(os.path.normpath(args.augmented))}.json")
     results = json.load(open(results_file)) if os.path.isfile(results_file) else {}
     os.makedirs(args.out, exist_ok=True)
+    loaded: dict[int, tuple] = {}
     for text in args.configs.split(";"):
         config = parse_config(text)
         name = label(config)
-        transform = image_transform(config["size"], args.channels)
-        views = load_images(os.path.join(args.augmented, "datalist.json"), "training", transform)
-        real = load_images(os.path.join(args.data_dir, "datalist.json"), "training", transform)
-        ceiling = quality_report(views, real, os.path.join(args.out, f"views_{config['size']}"))
-        affine = [p["psnr"] for p in ceiling["per_image"] if p["psnr"] <= ceiling["memorization_psnr"]]
-        print(f"the training set's own affine views (originals left out) against the nearest real image: mean PSNR "
-              f"{sum(affine) / max(1, len(affine)):.2f} dB over {len(affine)} views", flush=True)
+        if config["size"] not in loaded:  # the images and their own PSNR, once per size
+            transform = image_transform(config["size"], args.channels)
+            views = load_images(os.path.join(args.augmented, "datalist.json"), "training", transform)
+            real = load_images(os.path.join(args.data_dir, "datalist.json"), "training", transform)
+            ceiling = quality_report(views, real, os.path.join(args.out, f"views_{config['size']}"))
+            affine = [p["psnr"] for p in ceiling["per_image"] if p["psnr"] <= ceiling["memorization_psnr"]]
+            print(f"the training set's own affine views (originals left out) against the nearest real image: mean "
+                  f"PSNR {sum(affine) / max(1, len(affine)):.2f} dB over {len(affine)} views", flush=True)
+            loaded[config["size"]] = views, real, affine
+        views, real, affine = loaded[config["size"]]
         if name in results:
             print(f"{name}: measured before, {results[name]['mean_psnr']:.2f} dB", flush=True)
             results[name]["views_mean_psnr"] = sum(affine) / max(1, len(affine))
