@@ -1,6 +1,10 @@
 """What a comparison grid writes: ``results.csv``, ``tables.md`` in the paper's layout (mean ± sd over seeds,
-the best student per column marked), paired tests over seeds x test images, the Dice plots, and the teacher's
+the best student per column marked), paired tests over test images, the Dice plots, and the teacher's
 information about the labels.
+
+The paired tests treat the test image as the unit of replication: each method's per-image Dice is averaged
+over its seeds first (seeds share the teacher and the pre-training, so image x seed pairs are not independent),
+the several comparisons in one table are corrected together (Holm), and every p is printed with its n.
 
 ``scripts/run_grid.py`` runs the cells; everything here reads their records, so tables and plots can be
 rewritten from a grid's folder at any time (``run_grid.py --report_only``).
@@ -15,7 +19,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["COLUMNS", "write_results", "read_results", "summarise", "paired_test", "write_tables",
+__all__ = ["COLUMNS", "write_results", "read_results", "summarise", "image_scores", "paired_test", "holm",
+           "smallest_p", "compare_methods", "write_tables",
            "plot_dice_vs_labels", "plot_dice_vs_transfer", "mutual_information", "METHOD_NAMES"]
 
 # Rows that are not students trained by a pre-training method.
@@ -62,19 +67,77 @@ def summarise(values: Iterable) -> tuple[float, float, int]:
     return float(np.mean(finite)), sd, len(finite)
 
 
+def image_scores(per_seed: Sequence[Sequence[Sequence[float | None]]]) -> list[float | None]:
+    """One score per test image: the mean Dice over classes, then over seeds.
+
+    A class that neither the prediction nor the ground truth has on an image (``None`` in an evaluation's
+    per-image values) is an agreement and scores 1, so a method that rightly leaves an image empty is credited
+    where one that paints a false positive scores 0.
+
+    Args:
+        per_seed: per seed, per image, per class Dice (``None``: both empty). Seeds must list the same images.
+
+    Returns:
+        Per image, the seed-averaged mean Dice (``None`` for an image no seed scored).
+    """
+    if not per_seed:
+        return []
+    lengths = {len(images) for images in per_seed}
+    if len(lengths) != 1:
+        raise ValueError(f"seeds scored different numbers of test images: {sorted(lengths)}")
+    out = []
+    for i in range(lengths.pop()):
+        values = [float(np.mean([1.0 if v is None else v for v in seed[i]])) for seed in per_seed if len(seed[i])]
+        out.append(float(np.mean(values)) if values else None)
+    return out
+
+
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p the exact Wilcoxon signed-rank test can give with ``n`` non-zero differences."""
+    return min(1.0, 2.0 * 0.5 ** n) if n > 0 else 1.0
+
+
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
     """Wilcoxon signed-rank test of paired per-image scores ``a`` vs ``b`` (pairs with a missing value are
-    dropped). Returns the pairs, the mean and median difference a - b, and the two-sided p-value (1.0 when
-    every difference is zero)."""
+    dropped; zero differences are left out of the ranks, as Wilcoxon's own rule).
+
+    Returns:
+        ``n`` (pairs), ``n_nonzero`` (pairs that differ), the mean and median difference a - b, the two-sided
+        ``p`` (1.0 when every difference is zero) and ``min_p``, the smallest p these pairs could give.
+    """
     from scipy.stats import wilcoxon
 
     pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
              and not (math.isnan(x) or math.isnan(y))]
     if not pairs:
-        return {"n": 0, "mean_diff": math.nan, "median_diff": math.nan, "p": math.nan}
+        return {"n": 0, "n_nonzero": 0, "mean_diff": math.nan, "median_diff": math.nan, "p": math.nan, "min_p": 1.0}
     diff = np.array([x - y for x, y in pairs], dtype=np.float64)
-    p = 1.0 if not np.any(diff) else float(wilcoxon(diff).pvalue)
-    return {"n": len(pairs), "mean_diff": float(diff.mean()), "median_diff": float(np.median(diff)), "p": p}
+    nonzero = int(np.count_nonzero(diff))
+    p = 1.0 if not nonzero else float(wilcoxon(diff).pvalue)
+    return {"n": len(pairs), "n_nonzero": nonzero, "mean_diff": float(diff.mean()),
+            "median_diff": float(np.median(diff)), "p": p, "min_p": smallest_p(nonzero)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of the p-values of several tests in one family (NaN stays NaN)."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def compare_methods(scores: dict[str, list[float | None]], method: str = "tskd") -> dict[str, dict]:
+    """``method`` against every other entry of ``scores`` (name -> per-image scores from ``image_scores``),
+    one family of tests: ``paired_test`` results with ``p_holm`` added."""
+    if method not in scores:
+        return {}
+    results = {other: paired_test(scores[method], values) for other, values in scores.items() if other != method}
+    for result, adjusted in zip(results.values(), holm([r["p"] for r in results.values()])):
+        result["p_holm"] = adjusted
+    return results
 
 
 def _fmt(mean: float, sd: float, n: int, digits: int) -> str:
@@ -96,13 +159,16 @@ def _rows_for(rows: Sequence[dict], labels: str, transfer: str) -> dict[str, lis
 
 
 def write_tables(rows: Sequence[dict], path: str, class_names: Sequence[str], *, tests: dict | None = None,
-                 header: Sequence[str] = (), footer: Sequence[str] = (), alpha: float = 0.05) -> str:
+                 header: Sequence[str] = (), footer: Sequence[str] = (), alpha: float = 0.05,
+                 val_labels: int = 0) -> str:
     """``tables.md``: per label budget and transfer size, rows = teacher, reference and student methods,
     columns = per-class Dice and HD95 and their means (and IoU for a single-class task), as mean ± sd over
     seeds; the best student per column in bold (highest Dice / IoU, lowest HD95).
 
-    ``tests``: (labels, transfer) -> {other method: ``paired_test`` result of TS-KD vs it}; written under
-    each table with whether the difference is real at ``alpha``.
+    ``tests``: (labels, transfer) -> {other method: ``compare_methods`` result of TS-KD vs it}; written under
+    each table with whether the difference is real at ``alpha`` after Holm's correction.
+    ``val_labels``: the validation masks every row also used (checkpoint selection, early stopping), counted in
+    each table's title beside the training budget.
     """
     unit = next((r.get("hd95_unit") for r in rows if r.get("hd95_unit")), "mm")
     columns = [(f"dice_{c}", f"{c} Dice", 4, max) for c in class_names] + [("mean_dice", "mean Dice", 4, max)]
@@ -121,6 +187,7 @@ def write_tables(rows: Sequence[dict], path: str, class_names: Sequence[str], *,
                 continue
             n_images = next(iter(by_method.values()))[0].get("labels_n", "")
             title = f"### {labels} labels" + (f" ({n_images} images)" if labels == "all" and n_images else "")
+            title += f" (+ {val_labels} for validation)" if val_labels else ""
             title += f", transfer set of {transfer} images" if transfer else ""
             methods = [m for m in order if m in by_method] + sorted(m for m in by_method if m not in order)
             stats = {m: {key: summarise(r.get(key) for r in by_method[m]) for key, *_ in columns} for m in methods}
@@ -138,18 +205,31 @@ def write_tables(rows: Sequence[dict], path: str, class_names: Sequence[str], *,
                     text = _fmt(*stats[m][key], digits)
                     cells.append(f"**{text}**" if best.get(key) == m else text)
                 lines.append(f"| {METHOD_NAMES.get(m, m)} | {len(by_method[m])} | " + " | ".join(cells) + " |")
-            for other, result in (tests or {}).get((labels, transfer), {}).items():
-                if not result["n"]:
-                    continue
-                verdict = ("TS-KD better" if result["mean_diff"] > 0 else "TS-KD worse") if result["p"] < alpha else \
-                    "inside the noise"
-                lines.append(f"- TS-KD vs {METHOD_NAMES.get(other, other)}: mean per-image Dice difference "
-                             f"{result['mean_diff']:+.4f} (median {result['median_diff']:+.4f}) over {result['n']} "
-                             f"image x seed pairs, Wilcoxon signed-rank p = {result['p']:.3g}: **{verdict}**.")
+            lines += _test_lines((tests or {}).get((labels, transfer), {}), alpha)
     lines += ["", *footer]
     with open(path, "w") as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")
     return path
+
+
+def _test_lines(results: dict[str, dict], alpha: float) -> list[str]:
+    """The sentences under a table: TS-KD against each row, with n, the Holm-adjusted p and the verdict."""
+    lines = []
+    for other, result in results.items():
+        if not result["n"]:
+            continue
+        p = result.get("p_holm", result["p"])
+        if result["min_p"] >= alpha:
+            verdict = f"n = {result['n_nonzero']} differing images is too small for any p < {alpha:g}"
+        elif p < alpha:
+            verdict = "TS-KD better" if result["mean_diff"] > 0 else "TS-KD worse"
+        else:
+            verdict = "inside the noise"
+        lines.append(f"- TS-KD vs {METHOD_NAMES.get(other, other)}: mean per-image Dice difference "
+                     f"{result['mean_diff']:+.4f} (median {result['median_diff']:+.4f}), n = {result['n']} test images "
+                     f"(seeds averaged per image), Wilcoxon signed-rank p = {result['p']:.3g}, Holm-adjusted over "
+                     f"{len(results)} comparisons p = {p:.3g}: **{verdict}**.")
+    return lines
 
 
 def _plot_lines(series: dict[str, list[tuple[float, float, float]]], xlabel: str, title: str, path: str,

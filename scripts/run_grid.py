@@ -6,8 +6,8 @@
 Every cell (method x label budget x transfer-set size x seed) runs the stages of ``run_pipeline.py`` through
 the same bundles. What a cell shares with others is trained once: the teacher per label budget, the transfer
 set (and its generator) per label budget and size, the teacher cache and the pre-trained encoder per method,
-label budget and size. Seeds vary the fine-tuning (head initialisation, data order, augmentation); the
-teacher and the pre-training use ``--seed``. A DynUNet with nnU-Net's 2D plan (the ``<dataset>_reference``
+label budget and size. Seeds vary the fine-tuning (data order, augmentation, and the head's initialisation
+except TS-KD's, which its pre-training trains); the teacher and the pre-training use ``--seed``. A DynUNet with nnU-Net's 2D plan (the ``<dataset>_reference``
 bundle) is trained on the same labels with the student's step budget as the reference row.
 
 A finished cell is recorded in ``OUT/cells/`` and skipped when the grid is run again (after a crash or
@@ -17,7 +17,8 @@ foundation model, its decoder trained) at the largest label budget, their test D
 information I(T;Y) between their predicted classes and the labels of the labelled images.
 
 Writes ``OUT/results.csv`` (one row per cell and seed), ``OUT/tables.md`` (mean ± sd over seeds, best student
-marked, TS-KD against every other method by a Wilcoxon signed-rank test over seeds x test images, the
+marked, TS-KD against every other method by a Wilcoxon signed-rank test over test images (seeds averaged per
+image, Holm-adjusted within a table), the
 teacher checks and diagnostics, each method's pre-training time, the student's and the reference's GFLOP),
 ``OUT/dice_vs_labels.png``, ``OUT/dice_vs_transfer.png`` (with more than one ``--transfer``),
 ``OUT/qualitative.png``, and an MLflow run per cell (``OUT/mlruns.db``, a local store, unless
@@ -39,10 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the main job's stages, shared with every cell
 
-from common.comparison import (METHOD_NAMES, REFERENCE, TEACHER, mutual_information, paired_test,  # noqa: E402
-                               plot_dice_vs_labels, plot_dice_vs_transfer, read_results, write_results,
+from common.comparison import (METHOD_NAMES, REFERENCE, TEACHER, compare_methods, image_scores,  # noqa: E402
+                               mutual_information, plot_dice_vs_labels, plot_dice_vs_transfer, read_results, write_results,
                                write_tables)
-from common.data import load_datalist
+from common.data import load_datalist, validation_items
 from common.data.datalists import class_names  # noqa: E402
 from common.data.figures import save_prediction_grid  # noqa: E402
 from common.errors import TskdError, first_line, install_excepthook  # noqa: E402
@@ -74,6 +75,9 @@ def parse_args(argv=None):
     parser.add_argument("--sam_checkpoint", default="")
     parser.add_argument("--imagenet_mae_checkpoint", default="")
     parser.add_argument("--num_heads", type=int, default=0)
+    parser.add_argument("--imagenet_mae_pos_embed", action="store_true", help="as run_pipeline.py")
+    parser.add_argument("--val_labels", type=int, default=None,
+                        help="validation masks every cell uses (default: the whole validation split; 0: none)")
     parser.add_argument("--fpn", default="light")
     parser.add_argument("--image_size", type=int, default=0)
     parser.add_argument("--denoiser", choices=["unet", "swin"], default="unet")
@@ -105,7 +109,8 @@ def cell_args(grid, method: str, labels: str, transfer: int):
         labels=0 if labels == "all" else int(labels), teacher=grid.teacher, sam_checkpoint=grid.sam_checkpoint,
         teacher_checkpoint="", fpn=grid.fpn, imagenet_mae_checkpoint=grid.imagenet_mae_checkpoint,
         num_heads=grid.num_heads if method in ("imagenet_mae", "scratch") else 0, seed=grid.seed,
-        image_size=grid.image_size, out=grid.out)
+        image_size=grid.image_size, val_labels=grid.val_labels, imagenet_mae_pos_embed=grid.imagenet_mae_pos_embed,
+        out=grid.out)
     return args
 
 
@@ -134,6 +139,9 @@ class Grid:
         self.transfers = [int(t) for t in args.transfer.split(",") if t.strip()] or [self.profile["transfer"]]
         self.seeds = [args.seed + i for i in range(args.seeds)]
         self.n_train = len(load_datalist(self.datalist, "training"))
+        self.val_n = len(validation_items(self.datalist, args.val_labels))
+        if any(m in PRETRAINED for m in self.methods):
+            rp.check_unlabelled(args, self.data_dir)
         for labels in self.budgets:
             if labels != "all" and int(labels) > self.n_train:
                 raise TskdError(f"--labels {labels}: the training split of {self.datalist} has {self.n_train} images.")
@@ -156,7 +164,7 @@ class Grid:
     # Settings every cell depends on: a grid folder holds one value of each (methods, budgets, sizes and
     # seeds may be extended between runs).
     FIXED = ("dataset", "profile", "transfer_source", "unlabelled_dir", "seed", "image_size", "fpn", "teacher",
-             "sam_checkpoint", "denoiser")
+             "sam_checkpoint", "denoiser", "val_labels", "imagenet_mae_pos_embed")
 
     def _check_settings(self) -> None:
         path = os.path.join(self.out, "grid.json")
@@ -194,13 +202,14 @@ class Grid:
                 row.update({f"{k}_{c}": values.get(k) for k in ("dice", "hd95", "iou")})
         return row
 
-    def _per_image(self, report: dict) -> list:
-        """Per-image mean Dice over classes (None where every class was left out)."""
-        out = []
-        for row in report.get("per_image", {}).get("dice", []):
-            finite = [v for v in row if v is not None]
-            out.append(sum(finite) / len(finite) if finite else None)
-        return out
+    def _class_scores(self, record: dict) -> list:
+        """A cell's per-image, per-class test Dice (``None`` where prediction and ground truth both lack the
+        class), from its record or, for records written before they kept it, from its evaluation."""
+        if "per_image_class_dice" in record:
+            return record["per_image_class_dice"]
+        row = record["row"]
+        root = row.get("root") or os.path.join(self.out, "teacher", f"labels{row['labels']}")
+        return rp._read_json(os.path.join(root, "eval", "metrics.json")).get("per_image", {}).get("dice", [])
 
     def _log(self, name: str, row: dict, report: dict | None, artefacts: list[str]) -> None:
         if not self.tracking or row["status"] != "done":
@@ -229,7 +238,7 @@ class Grid:
         try:
             report, extra, artefacts = work()
             row = self._row(method, labels, transfer, seed, report, seconds=round(time.time() - start), **extra)
-            record = {"row": row, "per_image_dice": self._per_image(report)}
+            record = {"row": row, "per_image_class_dice": report.get("per_image", {}).get("dice", [])}
             self._log(name, row, report, artefacts)
         except KeyboardInterrupt:
             raise
@@ -266,7 +275,7 @@ class Grid:
         def work():
             ckpt, _, root = self.teacher(labels)
             report, _ = self._teacher_eval(labels, root, ckpt)
-            return report, {}, [os.path.join(root, "eval", "metrics.json")]
+            return report, {"root": root}, [os.path.join(root, "eval", "metrics.json")]
         return self._run_cell(f"teacher_labels{labels}", TEACHER, labels, 0, self.args.seed, work)
 
     def student_cell(self, method: str, labels: str, transfer: int, seed: int) -> dict:
@@ -397,39 +406,39 @@ class Grid:
         classes = class_names(self.datalist)[1:]
         write_results(rows, os.path.join(self.out, "results.csv"), classes)
         rows = read_results(os.path.join(self.out, "results.csv"))  # the table is written from the file
-        per_image = {(r["row"]["method"], r["row"]["labels"], str(r["row"]["transfer"]), r["row"]["seed"]):
-                     r.get("per_image_dice", []) for r in records}
+        per_seed: dict[tuple, list] = {}
+        for r in records:
+            if r["row"]["status"] == "done":
+                key = (r["row"]["method"], r["row"]["labels"], str(r["row"]["transfer"]))
+                per_seed.setdefault(key, []).append(self._class_scores(r))
         tests = {}
         for labels in self.budgets:
             for transfer in self.transfers:
-                if "tskd" not in self.methods:
-                    continue
-                found = {}
-                for other in [REFERENCE, *self.methods]:
-                    if other == "tskd":
-                        continue
-                    a, b = [], []
-                    for seed in self.seeds:
-                        mine = per_image.get(("tskd", labels, str(transfer), seed), [])
-                        theirs = per_image.get((other, labels, str(transfer) if other in PRETRAINED else "", seed), [])
-                        if mine and len(mine) == len(theirs):
-                            a += mine
-                            b += theirs
-                    found[other] = paired_test(a, b)
-                tests[(labels, str(transfer))] = found
+                scores = {}
+                for method in [TEACHER, REFERENCE, *self.methods]:
+                    found = per_seed.get((method, labels, str(transfer) if method in PRETRAINED else ""), [])
+                    if found and all(found):
+                        scores[method] = image_scores(found)
+                tests[(labels, str(transfer))] = compare_methods(scores, "tskd")
+        n_test = len(load_datalist(self.datalist, "test"))
         header = [f"# tskd comparison grid: {self.args.dataset}, {self.args.profile} profile", "",
-                  f"Written by `scripts/run_grid.py` from `results.csv` ({len(rows)} rows). Test split: "
-                  f"{len(load_datalist(self.datalist, 'test'))} images. Seeds {', '.join(map(str, self.seeds))} vary "
-                  "the fine-tuning; the teacher and the pre-training use the first. Transfer sets: "
+                  f"Written by `scripts/run_grid.py` from `results.csv` ({len(rows)} rows). Test split: {n_test} images. "
+                  f"Every row also used {self.val_n} validation masks (checkpoint selection and early stopping), "
+                  f"counted in each title. Seeds {', '.join(map(str, self.seeds))} vary the fine-tuning (data order, "
+                  "augmentation, and the head's initialisation, except TS-KD's head, which its pre-training trains); "
+                  "the teacher and the pre-training use the first. Transfer sets: "
                   f"{self.args.transfer_source}. Mean ± sd over seeds; the best student per column in **bold** "
                   "(the teacher and the DynUNet reference are not marked). TS-KD is compared with every other "
-                  "row by a Wilcoxon signed-rank test on per-image mean Dice, paired over seeds x test images."]
+                  "row by a Wilcoxon signed-rank test on per-image mean Dice (a class absent from both prediction and "
+                  f"ground truth counts as agreement), each method's seeds averaged per image, so n is at most "
+                  f"{n_test} test images; the p-values of one table are Holm-adjusted together."]
         failed = [r for r in rows if r["status"] != "done"]
         if failed:
             header += ["", "Cells not in the tables:"] + [f"- {r['method']}, {r['labels']} labels, seed {r['seed']}: "
                                                            f"{r['status']} ({r['error']})" for r in failed]
         footer = self._footer(rows, diagnostics)
-        write_tables(rows, os.path.join(self.out, "tables.md"), classes, tests=tests, header=header, footer=footer)
+        write_tables(rows, os.path.join(self.out, "tables.md"), classes, tests=tests, header=header, footer=footer,
+                     val_labels=self.val_n)
         transfer = str(self.transfers[0])
         plot_dice_vs_labels(rows, os.path.join(self.out, "dice_vs_labels.png"), transfer,
                             f"{self.args.dataset}: Dice against labels (transfer {transfer}, "

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 
-from common.data import load_datalist, make_transfer_set, prepare_demo, read_datalist_info
+from common.data import (check_unlabelled_folder, load_datalist, make_transfer_set, prepare_demo, read_datalist_info,
+                         validation_items)
 from common.data.figures import save_prediction_grid
 from common.data.io import file_sha256
 from common.engines import read_training_record
@@ -35,42 +37,44 @@ from common.settings import check_image_size, check_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Training budgets per stage and the transfer-set size. "quick" fits the demo in about 12 minutes on 2 CPU
-# cores (the same stages in the demo grid: teacher 4 min 51 s, TS-KD pre-training with its teacher cache
-# 3 min 39 s, student 2 min 3 s); "paper" follows the paper's epochs.
-# Budgets are in optimizer steps (``steps``, in epochs of ``epoch_length`` steps with a validation after each,
-# ``patience`` validations without a better one stop early), so a set of 11 images and one of 300 both train
-# to convergence within the profile's time; ``epochs`` counts passes over the data instead.
-# The synthetic transfer set comes from a DDPM trained on ``augmented`` views of the labelled images; ``synth``
-# holds the synth bundle's overrides (its budget, the generator's size, width, learning rate, what it predicts
-# and its weight average) and ``sample_steps`` the DDIM steps. "quick" trains a small generator (the
-# distillation stage resizes its samples to the task size): scripts/bench/quick_generator.py measured the route.
-# The quick generator learns from mild affine views (a few degrees, a few per cent): the transfer set's own views
-# (TRANSFER_AUGMENTATION) are on average 16.0 dB from the nearest real image on the demo, so even a perfect generator of
-# them would not look like the dataset by that measure.
-# ``transfer_source``: the default source of the transfer set. Quick: on the demo, TS-KD students from the quick
-# generator's samples and from the affine views were level (3 seeds, inside the noise; README), and the views
-# cost no generator (about 6 min on 2 CPU cores), so the views. Paper and smoke: the paper's synthetic set.
+# Training budgets per stage and the transfer-set size; README.md gives what each profile costs and why its
+# settings are what they are. Budgets are in optimizer steps (``steps``, in epochs of ``epoch_length`` steps
+# with a validation after each, ``patience`` validations without a better one stop early), so a set of 11
+# images and one of 300 both train to convergence; ``epochs`` counts passes over the data instead. A stage's
+# other keys (learning_rate, lr_schedule, ...) are bundle overrides.
+# Pre-training is budgeted in transfer images seen (``images``), as the paper gives every method the same
+# epochs: each method then takes the steps its own batch needs. ``pretrain_batch`` scales a method's recipe
+# batch (``PRETRAIN_BATCH``) down where the machine needs it.
+# The synthetic transfer set comes from a DDPM trained on ``augmented`` views of the labelled images (with
+# ``synth_augmentation``'s mild ranges where given); ``synth`` holds the synth bundle's overrides and
+# ``sample_steps`` the DDIM steps. ``transfer_source``: the profile's default source of the transfer set.
 MILD_AUGMENTATION = {"rotate": 0.05, "scale": 0.05, "shear": 0.0, "translate": 0.02}
 PROFILES = {
-    "quick": {"teacher": {"steps": 150, "patience": 3}, "pretrain": {"steps": 250}, "student": {"steps": 300, "patience": 3},
-              "epoch_length": 25, "transfer": 160, "pretrain_batch": 16, "transfer_source": "augment", "augmented": 160,
+    "quick": {"teacher": {"steps": 150, "patience": 3}, "pretrain": {"images": 4000},
+              "student": {"steps": 300, "patience": 3}, "epoch_length": 25, "transfer": 160,
+              "pretrain_batch": {"tskd": 16, "takd": 16}, "transfer_source": "augment", "augmented": 160,
               "synth": {"steps": 1500, "epoch_length": 100, "image_size": 32, "denoiser_width": 16, "learning_rate": 1e-3,
                         "prediction_type": "v_prediction", "ema_decay": 0.995},
               "synth_augmentation": MILD_AUGMENTATION, "sample_steps": 20},
-    "paper": {"teacher": {"epochs": 160}, "pretrain": {"epochs": 1600}, "student": {"epochs": 160},
-              "transfer": 3000, "pretrain_batch": 48, "transfer_source": "synth", "augmented": 1000,
-              "synth": {"epochs": 300, "denoiser_width": 32, "ema_decay": 0.999}, "sample_steps": 50},
-    "smoke": {"teacher": {"steps": 2}, "pretrain": {"steps": 2}, "student": {"steps": 2},  # wiring check (tests)
-              "epoch_length": 1, "transfer": 8, "pretrain_batch": 4, "transfer_source": "synth", "augmented": 8,
+    # The paper's recipe (section 3 and its tables); the teacher's lr, warm-up and decay are SAMed's.
+    "paper": {"teacher": {"epochs": 160, "learning_rate": 0.005, "lr_schedule": "poly"}, "pretrain": {"epochs": 1600},
+              "student": {"epochs": 160}, "transfer": 3000, "pretrain_batch": {}, "transfer_source": "synth",
+              "augmented": 1000, "synth": {"epochs": 300, "denoiser_width": 32, "ema_decay": 0.999}, "sample_steps": 50},
+    "smoke": {"teacher": {"steps": 2}, "pretrain": {"images": 8}, "student": {"steps": 2},  # wiring check (tests)
+              "epoch_length": 1, "transfer": 8, "pretrain_batch": {m: 4 for m in ("tskd", "takd", "mae", "mocov3")},
+              "transfer_source": "synth", "augmented": 8,
               "synth": {"epochs": 1, "image_size": 32, "denoiser_width": 16, "ema_decay": 0.9}, "sample_steps": 2},
 }
+# Each pre-training method's own batch: the paper's for the distillations, MAE's and MoCo v3's published ones.
+PRETRAIN_BATCH = {"tskd": 48, "takd": 48, "mae": 64, "mocov3": 32}
 # A synthetic transfer set whose mean PSNR against the nearest real image is below this is reported loudly:
 # its images do not look like the dataset (the paper's sets: ~28 dB).
 LOW_SYNTH_PSNR = 20.0
 # A teacher whose best validation Dice is below this is reported loudly before anything distils from it.
 WEAK_TEACHER_DICE = 0.5
 METHODS = ("tskd", "takd", "mae", "mocov3", "imagenet_mae", "scratch")
+# Methods whose pre-training trains the student's FPN head (TS-KD's logit term); the others' head is untrained.
+HEAD_PRETRAINED = ("tskd",)
 # Pre-training methods that are a short override of the pretrain bundle's train.json (configs/<method>.json).
 SELF_SUPERVISED = ("mae", "mocov3")
 MAE_LITE_HINT = ("ImageNet-MAE initialisation needs MAE-lite's ViT-Tiny weights (Wang et al., ICML 2023), published "
@@ -146,12 +150,23 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
 
 
 def stage_budget(profile: dict, stage: str) -> dict:
-    """A stage's budget overrides: ``steps`` (with ``epoch_length`` and ``patience``) or ``epochs``."""
+    """A stage's overrides from the profile: its budget (``steps`` with ``epoch_length`` and ``patience``, or
+    ``epochs``) and any other setting the profile gives it."""
     budget = dict(profile[stage])
     if budget.get("steps"):
-        budget = {"steps": budget["steps"], "epoch_length": profile["epoch_length"],
-                  "patience": budget.get("patience", 0)}
+        budget.update(epoch_length=profile["epoch_length"], patience=budget.get("patience", 0))
     return budget
+
+
+def pretrain_recipe(profile: dict, method: str) -> dict:
+    """The pre-training stage's batch and budget for ``method``: its recipe's batch (``PRETRAIN_BATCH``, or the
+    profile's scaled one) and, for a budget in transfer images seen, the steps that batch needs."""
+    batch = profile["pretrain_batch"].get(method, PRETRAIN_BATCH[method])
+    budget = {k: v for k, v in profile["pretrain"].items() if k != "images"}
+    if "images" in profile["pretrain"]:
+        budget.update(steps=math.ceil(profile["pretrain"]["images"] / batch), epoch_length=profile["epoch_length"],
+                      patience=0)
+    return {"batch_size": batch, **budget}
 
 
 def describe_budget(overrides: dict) -> str:
@@ -278,6 +293,9 @@ def main() -> None:
     parser.add_argument("--unlabelled_dir", default="", help="folder of unlabelled images, for --transfer_source unlabelled")
     parser.add_argument("--denoiser", choices=["unet", "swin"], default="unet", help="the DDPM's denoiser")
     parser.add_argument("--labels", type=int, default=0, help="labelled training images to use (0: all)")
+    parser.add_argument("--val_labels", type=int, default=None,
+                        help="validation images (masks) that pick checkpoints and stop training early (default: the "
+                             "dataset's whole validation split; 0: none, every stage keeps its last weights)")
     parser.add_argument("--teacher", default="litemedsam", help="litemedsam (embedded) or vit_b / vit_l / vit_h")
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
     parser.add_argument("--teacher_checkpoint", default="",
@@ -286,6 +304,9 @@ def main() -> None:
                         help="the student's pyramid: light (default, cheaper than its encoder) or the paper's")
     parser.add_argument("--imagenet_mae_checkpoint", default="",
                         help="MAE-lite's ImageNet ViT-Tiny weights, for --method imagenet_mae")
+    parser.add_argument("--imagenet_mae_pos_embed", action="store_true",
+                        help="resample MAE-lite's position embeddings to the student's grid (default: not loaded when "
+                             "the grid differs, as the paper)")
     parser.add_argument("--num_heads", type=int, default=0,
                         help="attention heads of the student's ViT-Tiny (default: 3; imagenet_mae: as the checkpoint records)")
     parser.add_argument("--seed", type=int, default=1234)
@@ -316,6 +337,8 @@ def imagenet_mae_heads(checkpoint: str, num_heads: int) -> int:
 def check_args(args) -> None:
     """Everything the run needs that can be checked before the first stage starts (one message each)."""
     check_labels(args.labels, "--labels")
+    if args.val_labels is not None:
+        check_labels(args.val_labels, "--val_labels")
     if args.transfer_source is None:
         args.transfer_source = PROFILES[args.profile]["transfer_source"]
     if args.image_size:
@@ -344,6 +367,14 @@ def check_args(args) -> None:
         datalist = os.path.join(args.data_dir, "datalist.json")
         read_datalist_info(datalist)
         load_datalist(datalist, "training", limit=args.labels or None)
+        validation_items(datalist, args.val_labels)
+
+
+def check_unlabelled(args, data_dir: str) -> None:
+    """Before any stage: a folder of unlabelled images holds readable images, none of the validation or test
+    split (checked once the dataset folder is known; the demo is prepared first)."""
+    if args.transfer_source == "unlabelled" and args.unlabelled_dir:
+        check_unlabelled_folder(os.path.join(data_dir, "datalist.json"), args.unlabelled_dir)
 
 
 def check_output(out: str) -> str:
@@ -373,7 +404,17 @@ def dataset_folder(args, out: str) -> str:
 
 
 def base_overrides(args, data_dir: str) -> dict:
-    return {"dataset_dir": data_dir, "seed": args.seed, **({"image_size": args.image_size} if args.image_size else {})}
+    """What every stage of a run shares: data, seed, and the image size and validation budget when given."""
+    return {"dataset_dir": data_dir, "seed": args.seed, **({"image_size": args.image_size} if args.image_size else {}),
+            **({"val_labels": args.val_labels} if args.val_labels is not None else {})}
+
+
+def label_count(args, data_dir: str) -> str:
+    """The masks a run uses, e.g. "5 labels (+ 5 for validation)": the validation masks beside the budget."""
+    datalist = os.path.join(data_dir, "datalist.json")
+    train = len(load_datalist(datalist, "training", limit=args.labels or None))
+    val = len(validation_items(datalist, args.val_labels))
+    return f"{train} labels" + (f" (+ {val} for validation)" if val else " (no validation)")
 
 
 def foundation_overrides(args) -> dict:
@@ -429,18 +470,20 @@ def student_stages(args, data_dir: str, out: str, profile: dict, teacher: tuple[
     upstream, seconds, transfer_dir = "", 0, ""
     if args.method == "imagenet_mae":
         ckpt = os.path.abspath(args.imagenet_mae_checkpoint)
-        student.update(encoder_checkpoint=ckpt, init_head=False)
+        student.update(encoder_checkpoint=ckpt, init_head=False, resample_pos_embed=args.imagenet_mae_pos_embed)
         upstream = _stamp({"imagenet_mae": file_sha256(ckpt)}) + architecture
     elif args.method != "scratch":
         transfer_dir, transfer_stamp = transfer_stage(args, data_dir, out, profile)
         pretrain = {**student_base, **foundation_overrides(args), "method": args.method,
-                    **stage_budget(profile, "pretrain"), "batch_size": profile["pretrain_batch"],
+                    **pretrain_recipe(profile, args.method),
                     "transfer_file": os.path.join(transfer_dir, "datalist.json"), "teacher_checkpoint": teacher_ckpt}
         upstream = train_bundle(args.dataset, "pretrain", pretrain_root, pretrain,
                                 upstream=(teacher_stamp if args.method == "tskd" else "") + transfer_stamp + architecture,
                                 config=args.method if args.method in SELF_SUPERVISED else "")
         seconds = _read_json(os.path.join(pretrain_root, "done.json")).get("seconds", 0)
         student["encoder_checkpoint"] = os.path.join(pretrain_root, "models", "model.pt")
+        if args.method not in HEAD_PRETRAINED:
+            student["init_head"] = False  # an untrained head: the fine-tuning seed initialises it, as for scratch
     train_bundle(args.dataset, "student", student_root, student, upstream=upstream or architecture)
     return {"overrides": {**student_base, **({"seed": student_seed} if student_seed is not None else {})},
             "pretrain_seconds": seconds, "transfer": transfer_dir}
@@ -471,6 +514,22 @@ def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
     return lines
 
 
+def teacher_record_root(args, teacher_root: str) -> str:
+    """The bundle whose ``models/training.json`` describes the teacher: the one trained here, or the bundle a
+    ``--teacher_checkpoint`` (``<bundle>/models/model.pt``) comes from."""
+    if args.teacher_checkpoint:
+        return os.path.dirname(os.path.dirname(os.path.abspath(args.teacher_checkpoint)))
+    return teacher_root
+
+
+def no_teacher_record(args) -> str:
+    """The check's line when the teacher has no training record to read."""
+    where = f"'{args.teacher_checkpoint}' (--teacher_checkpoint)" if args.teacher_checkpoint else "the teacher"
+    return (f"**The teacher was not checked: {where} has no training record (models/training.json beside it), so "
+            "its validation Dice is unknown.** Evaluate it (its bundle's evaluate.json) before trusting a student "
+            "distilled from it.")
+
+
 def _trained(record: dict) -> str:
     """How a stage trained, from its ``training.json`` record."""
     return (f"{record['steps']} of {record['budget_steps']} steps, best at step {record['best_step']}"
@@ -481,12 +540,14 @@ def run(args) -> None:
     check_args(args)
     out = check_output(args.out)
     data_dir = dataset_folder(args, out)
+    check_unlabelled(args, data_dir)
     profile = PROFILES[args.profile]
     base, foundation = base_overrides(args, data_dir), foundation_overrides(args)
     teacher_root = os.path.join(out, "teacher")
     teacher_ckpt, teacher_stamp = teacher_stage(args, data_dir, teacher_root, profile)
-    check = teacher_check(teacher_root, {})
-    if check and args.method in ("tskd", "takd"):
+    teacher_record = teacher_record_root(args, teacher_root)
+    if args.method == "tskd":  # the one method that learns from the trained teacher
+        check = teacher_check(teacher_record, {}) or [no_teacher_record(args)]
         print("\n".join(["=== teacher check before distilling:", *check]), flush=True)
     pretrain_root, student_root = os.path.join(out, f"pretrain_{args.method}"), os.path.join(out, f"student_{args.method}")
     student = student_stages(args, data_dir, out, profile, (teacher_ckpt, teacher_stamp), pretrain_root, student_root)
@@ -500,15 +561,15 @@ def run(args) -> None:
     grid = {"teacher": infer_bundle(args.dataset, "teacher", teacher_root, teacher_eval),
             f"student ({args.method})": infer_bundle(args.dataset, "student", student_root, student_base)}
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
-    lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, labels: "
-             f"{args.labels or 'all'}, seed {args.seed})", ""]
-    if not read_datalist_info(os.path.join(data_dir, "datalist.json")).get("validation"):
-        lines += ["No validation split: every stage kept its last epoch's weights (no model selection).", ""]
+    lines = [f"# tskd on {args.dataset} ({args.profile} profile, student: {args.method}, seed {args.seed})", "",
+             f"Masks used: {label_count(args, data_dir)}.", ""]
+    if not validation_items(os.path.join(data_dir, "datalist.json"), args.val_labels):
+        lines += ["No validation images: every stage kept its last epoch's weights (no model selection, no early "
+                  "stopping).", ""]
     if student["transfer"]:
         lines += [*transfer_report(args.transfer_source, student["transfer"]), ""]
-    check = teacher_check(teacher_root, {args.method: student_root})
-    if check:
-        lines += [*check, ""]
+    check = teacher_check(teacher_record, {args.method: student_root}) or [no_teacher_record(args)]
+    lines += [*check, ""]
     for name, report in reports.items():
         lines += [f"## {name}", "", "```", format_report(report), "```", ""]
     lines += ["![test images, ground truth and predictions](predictions.png)", ""]

@@ -75,7 +75,116 @@ def test_the_summary_says_loudly_when_the_teacher_is_weaker_than_a_student(tmp_p
 @pytest.mark.parametrize("profile", ["quick", "smoke"])
 def test_profiles_size_every_segmentation_stage_in_steps(profile):
     pipeline = load_pipeline()
-    for stage in ("teacher", "pretrain", "student"):
+    for stage in ("teacher", "student"):
         budget = pipeline.stage_budget(pipeline.PROFILES[profile], stage)
         assert budget["steps"] > 0 and budget["epoch_length"] > 0 and "epochs" not in budget
-    assert pipeline.stage_budget(pipeline.PROFILES["paper"], "teacher") == {"epochs": 160}
+    for method in pipeline.PRETRAIN_BATCH:
+        budget = pipeline.pretrain_recipe(pipeline.PROFILES[profile], method)
+        assert budget["steps"] > 0 and budget["epoch_length"] > 0 and "epochs" not in budget
+    assert pipeline.stage_budget(pipeline.PROFILES["paper"], "teacher") == {
+        "epochs": 160, "learning_rate": 0.005, "lr_schedule": "poly"}
+
+
+def test_each_pretraining_method_gets_its_own_recipe_batch_and_the_same_images():
+    """MAE trains at its batch of 64 and MoCo v3 at 32 (paper, and their own recipes); the quick profile scales
+    only the distillations' 48 down, and every method sees the same number of transfer images (the paper's
+    equal epochs), so a larger batch takes fewer steps."""
+    pipeline = load_pipeline()
+    paper = {m: pipeline.pretrain_recipe(pipeline.PROFILES["paper"], m) for m in pipeline.PRETRAIN_BATCH}
+    assert {m: r["batch_size"] for m, r in paper.items()} == {"tskd": 48, "takd": 48, "mae": 64, "mocov3": 32}
+    assert all(r == {"batch_size": r["batch_size"], "epochs": 1600} for r in paper.values())
+    quick = {m: pipeline.pretrain_recipe(pipeline.PROFILES["quick"], m) for m in pipeline.PRETRAIN_BATCH}
+    assert {m: r["batch_size"] for m, r in quick.items()} == {"tskd": 16, "takd": 16, "mae": 64, "mocov3": 32}
+    assert {m: r["steps"] for m, r in quick.items()} == {"tskd": 250, "takd": 250, "mae": 63, "mocov3": 125}
+
+
+def _scripted_run(folder, scores, stop_after=None, patience=0):
+    """A real ignite trainer whose model's weight is set to the epoch number, validated by a scripted
+    evaluator (epoch e scores ``scores[e - 1]``), with the bundles' ValidationTracker and ResumableCheckpoint;
+    ``stop_after``: the run is interrupted after that epoch's checkpoint."""
+    import torch
+    from ignite.engine import Engine, Events
+
+    from common.engines import ResumableCheckpoint, ValidationTracker
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            model.weight.fill_(float(engine.state.epoch))
+        return {"loss": 0.0}
+
+    trainer, validator = Engine(step), Engine(lambda e, b: None)
+    validator.state.key_metric_name = "val_mean_dice"
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate(engine):  # what MONAI's ValidationHandler does: the evaluator runs and holds its metrics
+        validator.state.epoch = engine.state.epoch
+        validator.state.metrics = {"val_mean_dice": scores[engine.state.epoch - 1]}
+
+    ValidationTracker(validator, patience=patience, output_dir=str(folder), model=model).attach(trainer)
+    ResumableCheckpoint(str(folder), {"model": model, "optimizer": optimizer}).attach(trainer)
+    if stop_after:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
+    trainer.run([0, 1], max_epochs=len(scores))
+    return torch.load(os.path.join(folder, "model.pt"), weights_only=True)["weight"].item(), read_training_record(
+        os.path.dirname(folder)) if os.path.basename(folder) == "models" else None
+
+
+def test_a_run_interrupted_after_its_best_resumes_to_the_same_best_model_and_patience(tmp_path):
+    """Best at epoch 2 of 4, interrupted after epoch 2: the resumed run must not save the worse epoch 3 over
+    it, and patience goes on counting the validations waited before the interruption."""
+    scores = [0.5, 0.9, 0.3, 0.4]
+    whole, whole_record = _scripted_run(tmp_path / "whole" / "models", scores)
+    _scripted_run(tmp_path / "cut" / "models", scores, stop_after=2)
+    resumed, resumed_record = _scripted_run(tmp_path / "cut" / "models", scores)
+    assert whole == resumed == 2.0  # the model of epoch 2, in both
+    assert resumed_record["best_metric"] == whole_record["best_metric"] == 0.9
+    assert resumed_record["best_step"] == whole_record["best_step"] == 4
+    # Patience across the interruption: best at epoch 1, two worse after it; stopped at epoch 3 either way.
+    flat = [0.9, 0.3, 0.4, 0.5, 0.6]
+    _scripted_run(tmp_path / "flat_whole" / "models", flat, patience=2)
+    _scripted_run(tmp_path / "flat_cut" / "models", flat, stop_after=2, patience=2)
+    _scripted_run(tmp_path / "flat_cut" / "models", flat, patience=2)
+    for name in ("flat_whole", "flat_cut"):
+        record = read_training_record(str(tmp_path / name))
+        assert record["stopped_early"] and record["steps"] == 6 and record["best_step"] == 2, (name, record)
+
+
+def test_the_teachers_poly_schedule_warms_up_then_decays_as_samed():
+    import torch
+
+    from common.engines import warmup_schedule
+    from common.errors import TskdError
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.005)
+    schedule = warmup_schedule(optimizer, "poly", warmup_steps=4, total_steps=14)
+    rates = []
+    for _ in range(14):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:5] == pytest.approx([0.0, 0.00125, 0.0025, 0.00375, 0.005])
+    assert rates[9] == pytest.approx(0.005 * 0.5 ** 0.9)  # halfway through the decay
+    assert rates == sorted(rates[:5]) + sorted(rates[5:], reverse=True)
+    cosine = warmup_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "cosine", 2, 10)
+    assert type(cosine).__name__ == "WarmupCosineSchedule"
+    with pytest.raises(TskdError, match="lr_schedule must be one of cosine, poly"):
+        warmup_schedule(optimizer, "step", 1, 10)
+
+
+def test_a_given_teacher_is_checked_from_its_own_bundle_or_said_to_be_unchecked(tmp_path):
+    from argparse import Namespace
+
+    pipeline = load_pipeline()
+    given = _record(tmp_path / "their_teacher", 0.81)
+    args = Namespace(teacher_checkpoint=os.path.join(given, "models", "model.pt"))
+    root = pipeline.teacher_record_root(args, str(tmp_path / "run" / "teacher"))
+    assert root == given and "best validation Dice 0.8100" in pipeline.teacher_check(root, {})[0]
+    lonely = Namespace(teacher_checkpoint=str(tmp_path / "teacher.pt"))
+    assert pipeline.teacher_check(pipeline.teacher_record_root(lonely, ""), {}) == []
+    assert "**The teacher was not checked: '" + str(tmp_path / "teacher.pt") + "' (--teacher_checkpoint) has no " \
+        "training record" in pipeline.no_teacher_record(lonely)
+    trained_here = Namespace(teacher_checkpoint="")
+    assert pipeline.teacher_record_root(trained_here, "out/teacher") == "out/teacher"

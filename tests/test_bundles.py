@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, SHARED, skip_or_fail
+from common.engines import read_training_record
 
 BUNDLES = sorted(d for d in os.listdir(os.path.join(ROOT, "bundles")) if not d.startswith("_")
                  and os.path.isdir(os.path.join(ROOT, "bundles", d)))
@@ -182,6 +183,11 @@ def test_a_killed_run_resumes_to_the_same_weights(demo_small, tmp_path):
     b = torch.load(killed / "models" / "checkpoint_epoch=4.pt", weights_only=True)["model"]
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} of {len(a)} tensors differ after resuming, e.g. {different[:3]}"
+    # What selects the model survives the kill: the same best model and the same record of where it was.
+    best_a = torch.load(tmp_path / "whole" / "models" / "model.pt", weights_only=True)
+    best_b = torch.load(killed / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    assert read_training_record(str(tmp_path / "whole")) == read_training_record(str(killed))
 
 
 def test_bundle_bad_input_corpus(demo_small, tmp_path):

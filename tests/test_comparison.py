@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from common.comparison import mutual_information, paired_test, write_results, write_tables
+from common.comparison import (compare_methods, holm, image_scores, mutual_information, paired_test, smallest_p,
+                               write_results, write_tables)
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
@@ -31,8 +32,42 @@ def test_paired_test_drops_missing_pairs_and_calls_ties_noise():
     a, b = [0.9, 0.8, 0.85, 0.7, 0.95, 0.9, None], [0.8, 0.7, 0.8, 0.6, 0.9, 0.8, 0.5]
     result = paired_test(a, b)
     assert result["n"] == 6 and result["mean_diff"] == pytest.approx(0.0833, abs=1e-3)
-    assert result["p"] == pytest.approx(0.03125)  # all six differences positive: 2 / 2**6
+    assert result["p"] == pytest.approx(0.03125) == result["min_p"]  # all six differences positive: 2 / 2**6
     assert paired_test([0.5, 0.5], [0.5, 0.5])["p"] == 1.0
+
+
+def test_image_scores_average_seeds_per_image_and_count_both_empty_as_agreement():
+    # Two seeds, three test images, two classes; None: neither prediction nor ground truth has the class.
+    seed_a = [[0.8, 0.6], [0.5, None], [None, None]]
+    seed_b = [[0.6, 0.4], [0.7, None], [None, 0.0]]
+    assert image_scores([seed_a, seed_b]) == pytest.approx([0.6, (0.75 + 0.85) / 2, (1.0 + 0.5) / 2])
+    # A method that rightly leaves an image empty beats one painting a false positive there (no pair dropped).
+    right, wrong = image_scores([[[None], [0.9]]]), image_scores([[[0.0], [0.9]]])
+    assert right == [1.0, 0.9] and paired_test(right, wrong)["n"] == 2
+    with pytest.raises(ValueError, match="different numbers of test images"):
+        image_scores([seed_a, seed_a[:2]])
+
+
+def test_holm_adjustment_and_the_smallest_possible_p_by_hand():
+    assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert smallest_p(10) == pytest.approx(2 / 1024) and smallest_p(5) == pytest.approx(0.0625) and smallest_p(0) == 1.0
+
+
+def test_compare_methods_tests_over_images_not_image_seed_pairs():
+    """Ten test images, three seeds: n is 10, not 30, and the family of tests is Holm-adjusted together."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.8, 10)
+    seeds = lambda shift: [[[float(v + shift + rng.normal(0, 0.001))] for v in base] for _ in range(3)]  # noqa: E731
+    scores = {"tskd": image_scores(seeds(0.05)), "scratch": image_scores(seeds(0.0)),
+              "mae": image_scores(seeds(0.05))}
+    results = compare_methods(scores)
+    assert set(results) == {"scratch", "mae"}
+    better = results["scratch"]
+    assert better["n"] == 10 and better["p"] == pytest.approx(smallest_p(10))  # every image better
+    assert better["p_holm"] == pytest.approx(2 * better["p"]) and better["p_holm"] < 0.05
+    assert results["mae"]["p_holm"] > 0.05
+    assert compare_methods({"scratch": [0.5]}) == {}
 
 
 def test_tables_mark_the_best_student_and_say_whether_a_difference_is_real(tmp_path):
@@ -48,14 +83,19 @@ def test_tables_mark_the_best_student_and_say_whether_a_difference_is_real(tmp_p
     with open(tmp_path / "results.csv") as f:
         read = list(csv.DictReader(f))
     assert len(read) == 9 and read[0]["dice_tumour"] == "0.7"
-    tests = {("5", "160"): {"scratch": paired_test([0.8, 0.82, 0.81, 0.79, 0.83, 0.84], [0.7] * 6)}}
-    write_tables(read, str(tmp_path / "tables.md"), ["tumour"], tests=tests)
+    tests = {("5", "160"): compare_methods({"tskd": [0.8, 0.82, 0.81, 0.79, 0.83, 0.84], "scratch": [0.7] * 6,
+                                            "dynunet": [0.9, 0.8, 0.7]})}
+    write_tables(read, str(tmp_path / "tables.md"), ["tumour"], tests=tests, val_labels=2)
     text = (tmp_path / "tables.md").read_text()
     assert "| TS-KD | 2 | **0.8100 ± 0.0141** |" in text  # best student Dice, bold; sd over two seeds
     assert "| teacher (SAM-LoRA) | 2 | 0.9500 ± 0.0000 |" in text  # not marked: not a student
     assert "**7.00 ± 0.00**" in text  # the lowest HD95 is the best
     assert "mIoU" in text  # single-class task
-    assert "TS-KD vs scratch" in text and "**TS-KD better**" in text
+    assert "### 5 labels (+ 2 for validation)" in text
+    assert ("TS-KD vs scratch: mean per-image Dice difference +0.1150 (median +0.1150), n = 6 test images (seeds "
+            "averaged per image), Wilcoxon signed-rank p = 0.0312, Holm-adjusted over 2 comparisons p = 0.0625: "
+            "**inside the noise**") in text
+    assert "TS-KD vs DynUNet (nnU-Net 2D plan)" in text and "n = 3 differing images is too small for any p < 0.05" in text
     assert "MAE" not in text.split("###")[1].split("\n- ")[0]  # the failed cell is not a row
 
 
@@ -96,8 +136,9 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     assert all(r["status"] == "done" for r in rows)
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
     tables = (out / "tables.md").read_text()
-    for fragment in ("### 3 labels, transfer set of 8 images", "| TS-KD | 2 |", "| DynUNet (nnU-Net 2D plan) | 2 |",
-                     "TS-KD vs DynUNet", "Wilcoxon", "## Teacher checks", "## Pre-training wall time", "GFLOP",
+    for fragment in ("### 3 labels (+ 2 for validation), transfer set of 8 images", "too small for any p < 0.05",
+                     "| TS-KD | 2 |", "| DynUNet (nnU-Net 2D plan) | 2 |",
+                     "TS-KD vs DynUNet", "Wilcoxon", "Holm-adjusted", "## Teacher checks", "## Pre-training wall time", "GFLOP",
                      "## Transfer sets", "Transfer set: 8 images, the labelled training images and their affine views"):
         assert fragment in tables, fragment
     for png in ("dice_vs_labels.png", "qualitative.png"):

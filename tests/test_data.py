@@ -208,3 +208,26 @@ def test_unlabelled_transfer_set_from_beyond_the_budget_or_a_folder(demo_small, 
         (tmp_path / "no_images").mkdir()
         make_transfer_set(datalist, str(tmp_path / "empty"), size=2, source="unlabelled",
                           unlabelled_dir=str(tmp_path / "no_images"))
+
+
+def test_an_unlabelled_folder_holding_a_held_out_image_is_refused_by_content(demo_small, tmp_path):
+    """A test image saved under another name, format and size is still that image: refused before any stage;
+    other images pass."""
+    from PIL import Image
+
+    from common.data import check_unlabelled_folder, load_datalist
+    from common.data.convert import read_image
+    from common.errors import DataError
+
+    datalist = os.path.join(demo_small, "datalist.json")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50), dtype=np.uint8)).save(folder / f"s{i}.png")
+    assert check_unlabelled_folder(datalist, str(folder)) == 3
+    test_image = load_datalist(datalist, "test")[1]["image"]
+    array = read_image(test_image)[0]
+    scaled = (255 * (array - array.min()) / (array.max() - array.min())).astype(np.uint8)
+    Image.fromarray(scaled).resize((100, 100), Image.BILINEAR).save(folder / "scan_7.png")
+    with pytest.raises(DataError, match=r"scan_7.png' in --unlabelled_dir is the test image .* leak the test split"):
+        check_unlabelled_folder(datalist, str(folder))

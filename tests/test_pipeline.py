@@ -1,4 +1,5 @@
-"""The main job end to end (smoke profile: one epoch per stage, 64² images), and its stage skipping."""
+"""The main job end to end (the paper profile with its budgets and set sizes scaled down, 64² images), its stage
+skipping, and the checks made before any stage."""
 
 import json
 import os
@@ -21,15 +22,55 @@ def stages(output):
     return [line for line in output.splitlines() if line.startswith("=== ")]
 
 
-def test_pipeline_writes_metrics_and_skips_done_stages(demo_small, tmp_path):
+def paper_profile_scaled(module) -> dict:
+    """``--profile paper`` with every setting kept but its epochs (one per stage) and set sizes (4 images)."""
+    import copy
+
+    paper = module.PROFILES["paper"]
+    scaled = copy.deepcopy(paper)
+    for stage in ("teacher", "pretrain", "student", "synth"):
+        scaled[stage]["epochs"] = 1
+    scaled.update(transfer=4, augmented=4)
+
+    def leaves(profile, prefix=""):
+        for key, value in profile.items():
+            yield from leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+
+    changed = {k for (k, v), (_, w) in zip(leaves(paper), leaves(scaled)) if v != w}
+    assert changed == {"teacher.epochs", "pretrain.epochs", "student.epochs", "synth.epochs", "transfer", "augmented"}
+    return scaled
+
+
+def test_the_paper_profile_runs_end_to_end_writes_metrics_and_skips_done_stages(demo_small, tmp_path, monkeypatch,
+                                                                               capsys):
+    """``--profile paper`` is sized for a GPU: here it runs with every one of its settings except the epochs and
+    the set sizes, on tiny data, so a wiring error shows here and not hours into a run. Then the same command
+    again: every training stage is skipped."""
+    from common.data import load_datalist
+    from common.engines import read_recipe
+
+    module = load_pipeline()
+    monkeypatch.setitem(module.PROFILES, "paper", paper_profile_scaled(module))
     out = tmp_path / "run"
-    first = pipeline("--data_dir", demo_small, "--out", str(out), "--method", "tskd")
+    argv = ["run_pipeline.py", "--profile", "paper", "--data_dir", demo_small, "--image_size", "64", "--out", str(out),
+            "--method", "tskd"]
+    monkeypatch.setattr("sys.argv", argv)
+    module.main()
+    first = capsys.readouterr().out
     for stage in ("teacher: training", "augmented set", "synth: training", "synthetic transfer set: sampling",
                   "pretrain: training", "student: training"):
         assert stage in first
+    # The paper's recipes reached the bundles (read back from what each run trained with).
+    teacher = read_recipe(str(out / "teacher"))
+    assert teacher["optimizer"] == "AdamW" and teacher["param_groups"][0]["lr"] == 0.005
+    assert teacher["settings"]["lr_schedule"] == "poly"
+    pretrain = read_recipe(str(out / "pretrain_tskd"))
+    assert pretrain["batch_size"] == 48 and pretrain["optimizer"] == "Adam"
+    assert pretrain["param_groups"][0]["lr"] == 1.5e-4 and pretrain["param_groups"][0]["weight_decay"] == 0.05
+    assert read_recipe(str(out / "student_tskd"))["param_groups"][0]["lr"] == 1e-4
     synthetic = [d for d in os.listdir(out / "synth") if d.startswith("synthetic_")]
     manifest = json.load(open(out / "synth" / synthetic[0] / "manifest.json"))
-    assert manifest["count"] == 8 and len(manifest["generator_sha256"]) == 64
+    assert manifest["count"] == 4 and manifest["steps"] == 50 and len(manifest["generator_sha256"]) == 64
     assert json.load(open(out / "pretrain_tskd" / "done.json"))["overrides"]["transfer_file"].startswith(
         str(out / "synth" / synthetic[0]))
     metrics = json.load(open(out / "metrics.json"))
@@ -40,11 +81,17 @@ def test_pipeline_writes_metrics_and_skips_done_stages(demo_small, tmp_path):
         assert set(report["per_class"]["grey_matter"]) == {"dice", "hd95", "iou", "images"}
         assert report["hd95_unit"] == "mm"  # the demo's NIfTI slices carry their spacing
     summary = (out / "summary.md").read_text()
-    assert "## student" in summary and "Transfer set: 8 synthetic images" in summary
-    # One smoke-profile epoch of the generator makes noise: the summary says so, loudly.
+    assert "## student" in summary and "Transfer set: 4 synthetic images (--transfer_source synth; DDIM 50" in summary
+    # One epoch of the generator makes noise: the summary says so, loudly.
     assert "**WARNING: the synthetic transfer set is of low quality" in summary
+    # Every mask the run used is counted: the training budget and the validation masks beside it.
+    datalist = os.path.join(demo_small, "datalist.json")
+    n_train, n_val = len(load_datalist(datalist, "training")), len(load_datalist(datalist, "validation"))
+    assert f"Masks used: {n_train} labels (+ {n_val} for validation)." in summary
+    assert "=== teacher check before distilling:" in first and "Teacher: best validation Dice" in summary
     # Same inputs: every training stage is skipped (test_comparison's grid reuses shared stages across methods).
-    again = stages(pipeline("--data_dir", demo_small, "--out", str(out), "--method", "tskd"))
+    module.main()
+    again = stages(capsys.readouterr().out)
     assert not any(": training (" in line for line in again)
     assert sum("already trained" in line for line in again) == 4  # teacher, synth, pretrain, student
 
@@ -127,8 +174,20 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, m
         "imagenet_mae without weights": (["--method", "imagenet_mae"], ["--imagenet_mae_checkpoint", "mae-lite"]),
         "num_heads for a 3-head pre-training": (["--num_heads", "12"], ["--num_heads 12 needs --method imagenet_mae"]),
         "unlabelled with every label in use": (["--transfer_source", "unlabelled"], ["--unlabelled_dir", "--labels N"]),
+        # The prepared dataset's images/ folder holds every split: distilling on it would leak the held-out images.
+        "unlabelled folder holding held-out images": (
+            ["--transfer_source", "unlabelled", "--unlabelled_dir", os.path.join(demo_small, "images")],
+            ["--unlabelled_dir is the", "leak", "same content"]),
+        "unlabelled folder without images": (["--transfer_source", "unlabelled", "--unlabelled_dir", str(tmp_path / "empty")],
+                                             ["holds no images"]),
+        "unreadable unlabelled image": (["--transfer_source", "unlabelled", "--unlabelled_dir", str(tmp_path / "broken")],
+                                        ["scan.png", "cannot be read as an image", "remove it"]),
+        "validation budget above the split": (["--val_labels", "999"], ["999 validation images", "val_labels"]),
     }
     (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "scan.png").write_bytes(b"not a png")
     module = load_pipeline()
     failures = []
     for name, (args, fragments) in cases.items():

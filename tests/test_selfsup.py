@@ -104,3 +104,63 @@ def test_pretrain_bundle_runs_the_baseline_and_saves_a_student(method, tmp_path)
     assert loaded and torch.equal(student.encoder.patch_embed.proj.weight,
                                   parser.get_parsed_content("student").encoder.patch_embed.proj.weight)
     assert json.load(open(os.path.join(configs, f"{method}.json")))["method"] == method
+
+
+def test_moco_momentum_rises_from_its_start_to_one_on_a_cosine():
+    moco = MoCoV3(build_vit_fpn(32, 1, 2).encoder, dim=16, hidden=32, momentum=0.99)
+    assert [round(moco.momentum_at(p), 6) for p in (0.0, 0.5, 1.0)] == [0.99, 0.995, 1.0]
+    fixed = MoCoV3(build_vit_fpn(32, 1, 2).encoder, dim=16, hidden=32, momentum=0.99, momentum_schedule="constant")
+    assert fixed.momentum_at(0.7) == 0.99
+    with pytest.raises(ValueError, match="momentum_schedule"):
+        MoCoV3(build_vit_fpn(32, 1, 2).encoder, momentum_schedule="linear")
+
+
+def test_contrastive_views_are_two_different_crops_of_the_image_at_its_size():
+    from monai.transforms import Compose
+
+    views = Compose([*__import__("common.data", fromlist=["x"]).contrastive_views("image", "image_2", 32)])
+    views.set_random_state(seed=0)
+    image = torch.linspace(0, 1, 64 * 64).reshape(1, 64, 64)
+    out = views({"image": image})
+    assert out["image"].shape == out["image_2"].shape == (1, 32, 32)
+    assert not torch.allclose(torch.as_tensor(out["image"]), torch.as_tensor(out["image_2"]))
+
+
+@pytest.mark.parametrize("method", ["mae", "mocov3"])
+def test_the_pipeline_trains_each_baseline_with_its_own_recipe(method, tmp_path, demo_small):
+    """What run_pipeline passes and the bundle's configs say, read back from the run's recipe record: MAE at
+    batch 64 with AdamW (0.9, 0.95) and no weight decay on norms and biases, MoCo v3 at batch 32 with its
+    momentum rising on a cosine (a command-line batch once beat both configs)."""
+    from monai.bundle import ConfigParser
+
+    from common.data import make_transfer_set
+    from common.engines import read_recipe
+    from conftest import load_pipeline
+
+    pipeline = load_pipeline()
+    make_transfer_set(os.path.join(demo_small, "datalist.json"), str(tmp_path / "transfer"), size=32, seed=0)
+    recipe = pipeline.pretrain_recipe(pipeline.PROFILES["quick"], method)
+    configs = os.path.join(ROOT, "bundles", "demo_pretrain", "configs")
+    parser = ConfigParser()
+    parser.read_config([os.path.join(configs, "train.json"), os.path.join(configs, f"{method}.json")])
+    parser.update({**recipe, "steps": 1, "epoch_length": 1, "bundle_root": str(tmp_path / "run"), "image_size": 32,
+                   "transfer_file": str(tmp_path / "transfer" / "datalist.json"), "dataset_dir": demo_small,
+                   "device": "$torch.device('cpu')"})
+    parser.get_parsed_content("train#trainer").run()
+    record = read_recipe(str(tmp_path / "run"))
+    groups = record["param_groups"]
+    assert record["optimizer"] == "AdamW" and all(g["lr"] == pytest.approx(1.5e-4) for g in groups)
+    if method == "mae":
+        assert record["batch_size"] == 64
+        assert [g["betas"] for g in groups] == [[0.9, 0.95]] * 2
+        decayed, plain = sorted(groups, key=lambda g: -g["weight_decay"])
+        assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+        # Every bias and norm weight (1-D) is in the group without decay; the matrices are decayed.
+        mae = parser.get_parsed_content("network")
+        one_d = sum(1 for p in mae.parameters() if p.requires_grad and p.ndim <= 1)
+        assert plain["tensors"] == one_d and decayed["tensors"] == sum(1 for p in mae.parameters()
+                                                                       if p.requires_grad) - one_d
+    else:
+        assert record["batch_size"] == 32 and record["drop_last"] is True
+        assert [g["weight_decay"] for g in groups] == [0.1] and groups[0]["betas"] == [0.9, 0.999]
+        assert record["settings"]["moco_momentum"] == 0.99 and record["settings"]["moco_momentum_schedule"] == "cosine"

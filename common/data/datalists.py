@@ -22,7 +22,7 @@ from typing import Any
 
 from common.errors import DataError
 
-__all__ = ["load_datalist", "read_datalist_info", "class_names", "spacing_unit", "has_split", "PATH_KEYS"]
+__all__ = ["load_datalist", "validation_items", "read_datalist_info", "class_names", "spacing_unit", "has_split", "PATH_KEYS"]
 
 _FIX = "Run `python scripts/prepare_data.py …` to (re)write the dataset, or point dataset_dir at the folder holding datalist.json."
 # Item keys holding file paths.
@@ -98,6 +98,30 @@ def load_datalist(path: str, key: str = "training", limit: int | None = None,
         shown = "\n  ".join(missing[:20]) + (f"\n  … and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise DataError(f"{len(missing)} file(s) listed in '{path}' ({key}) do not exist:\n  {shown}\n{_FIX}")
     return items
+
+
+def validation_items(path: str, val_labels: int | None = None) -> list[dict[str, Any]]:
+    """The validation split's items that a run may use: all of them (``val_labels`` None), none (0: no model
+    selection, no early stopping; the last weights are kept) or the first ``val_labels``. Every mask used
+    here is a label too: summaries count them beside the training budget.
+
+    Args:
+        path: the datalist JSON.
+        val_labels: None, 0 or a positive number of validation images.
+
+    Returns:
+        MONAI data dicts, as ``load_datalist``.
+    """
+    items = load_datalist(path, "validation", allow_empty=True)
+    if val_labels is None:
+        return items
+    if not isinstance(val_labels, int) or isinstance(val_labels, bool) or val_labels < 0:
+        raise DataError(f"val_labels must be 0 (no validation) or a number of validation images, got {val_labels!r}.")
+    if val_labels > len(items):
+        raise DataError(f"{val_labels} validation images were asked (val_labels), but '{path}' has {len(items)}. "
+                        f"Lower val_labels, or rewrite the dataset with `prepare_data.py … --val_fraction` to hold "
+                        "more out.")
+    return items[:val_labels]
 
 
 def class_names(path: str) -> list[str]:

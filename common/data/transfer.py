@@ -22,7 +22,7 @@ from common.data.io import atomic_folder
 from common.data.transforms import LoadImage2Dd, random_affine
 from common.errors import DataError
 
-__all__ = ["make_transfer_set", "TRANSFER_AUGMENTATION"]
+__all__ = ["make_transfer_set", "check_unlabelled_folder", "TRANSFER_AUGMENTATION"]
 
 # The transfer set's affine views (paper: rotation, scaling, affine): radians, scale and shear terms,
 # translation as a fraction of the image side; every axis gets the range.
@@ -46,6 +46,46 @@ def _unlabelled_sources(datalist_file: str, labels: int, unlabelled_dir: str | N
                         f"(--labels N < {len(training)}) the training images beyond the first N are used with their "
                         "masks dropped; with every label in use, give a folder of unlabelled images (--unlabelled_dir).")
     return [{"image": d["image"]} for d in training[labels:]]
+
+
+def _thumbnail(array: np.ndarray, side: int = 32) -> np.ndarray:
+    """An image's content at ``side``², grey, scaled to [0, 1]: equal for the same picture at another size,
+    format or intensity scale."""
+    grey = torch.from_numpy(np.asarray(array, np.float32).reshape(array.shape[0], array.shape[1], -1).mean(-1))
+    small = F.interpolate(grey[None, None], size=(side, side), mode="area")[0, 0].numpy()
+    low, high = float(small.min()), float(small.max())
+    return (small - low) / (high - low) if high > low else np.zeros_like(small)
+
+
+def check_unlabelled_folder(datalist_file: str, unlabelled_dir: str, tolerance: float = 0.02) -> int:
+    """Check a folder of unlabelled images before any stage uses it: it holds images, each one is readable,
+    and none is an image of the dataset's validation or test split (compared by content, at any size or
+    format: distilling on them would leak the held-out images into the student). One ``DataError`` naming the
+    file otherwise.
+
+    Args:
+        datalist_file: the dataset's datalist.
+        unlabelled_dir: the folder (``--unlabelled_dir``).
+        tolerance: mean absolute difference of two normalised 32² thumbnails below which they are one image.
+
+    Returns:
+        The number of images in the folder.
+    """
+    sources = _unlabelled_sources(datalist_file, 0, unlabelled_dir)
+    held = [(split, item["image"], _thumbnail(read_image(item["image"])[0]))
+            for split in ("validation", "test") for item in load_datalist(datalist_file, split, allow_empty=True)]
+    for src in sources:
+        try:
+            thumb = _thumbnail(read_image(src["file"])[0])
+        except DataError as e:
+            raise DataError(f"{e.message}. It is in the unlabelled folder --unlabelled_dir '{unlabelled_dir}': remove "
+                            "it or convert it to PNG/NIfTI.") from e
+        for split, image, other in held:
+            if float(np.abs(thumb - other).mean()) < tolerance:
+                raise DataError(f"'{src['file']}' in --unlabelled_dir is the {split} image '{image}' (same content): "
+                                f"distilling on it would leak the {split} split into the student. Remove the "
+                                f"{split} images from '{unlabelled_dir}', or give a folder of other images.")
+    return len(sources)
 
 
 def _read_unlabelled(path: str, channels: int, size: int | None) -> MetaTensor:

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import EnsureChannelFirst, LoadImaged, MapTransform, RandAffined
+from monai.transforms import (CopyItemsd, EnsureChannelFirst, LoadImaged, MapTransform, RandAdjustContrastd,
+                              RandAffined, RandFlipd, RandGaussianSmoothd, RandScaleCropd, RandScaleIntensityd, Resized)
 
 from common.errors import DataError
 
-__all__ = ["LoadImage2Dd", "random_affine", "ValidateSampled", "MaskOutsideROId"]
+__all__ = ["LoadImage2Dd", "random_affine", "contrastive_views", "ValidateSampled", "MaskOutsideROId"]
 
 
 def _source(data: Mapping[Hashable, Any], key: str) -> str:
@@ -99,6 +100,33 @@ def random_affine(keys: KeysCollection, image_size: int, prob: float = 0.5, rota
     return RandAffined(keys, prob=prob, rotate_range=[(-float(rotate), float(rotate))],
                        scale_range=_pairs(scale, 2), shear_range=_pairs(shear, 2),
                        translate_range=_pairs(translate * image_size, 2), mode=mode, padding_mode=padding_mode)
+
+
+def contrastive_views(key: str, second_key: str, image_size: int, min_crop: float = 0.3) -> list:
+    """Two independently augmented views of one image for MoCo v3 (Chen et al., ICCV 2021, section 4, which
+    takes BYOL's augmentation): a random resized crop, a horizontal flip, brightness and contrast changes, and
+    a Gaussian blur that is always applied to the first view and rarely to the second. Colour jitter becomes
+    an intensity change (medical images are mostly grey); BYOL's solarisation is left out.
+
+    Args:
+        key: the image key; it holds the first view.
+        second_key: the key the second view is written to.
+        image_size: side of the (square) views, in pixels.
+        min_crop: smallest crop side as a fraction of the image side, drawn per axis (0.3: about MoCo v3's 8 %
+            of the area at the smallest).
+
+    Returns:
+        The transforms, in order (a copy of the image, then each view's chain).
+    """
+    transforms: list = [CopyItemsd(keys=key, names=second_key)]
+    for k, blur in ((key, 1.0), (second_key, 0.1)):
+        transforms += [RandScaleCropd(k, roi_scale=min_crop, max_roi_scale=1.0, random_size=True),
+                       Resized(k, spatial_size=(image_size, image_size), mode="bilinear"),
+                       RandFlipd(k, prob=0.5, spatial_axis=1),
+                       RandScaleIntensityd(k, factors=0.4, prob=0.8),
+                       RandAdjustContrastd(k, prob=0.8, gamma=(0.6, 1.6)),
+                       RandGaussianSmoothd(k, sigma_x=(0.1, 2.0), sigma_y=(0.1, 2.0), prob=blur)]
+    return transforms
 
 
 class ValidateSampled(MapTransform):

@@ -1,4 +1,4 @@
-from common.engines.budget import ValidationTracker, budget_epochs, read_training_record
+from common.engines.budget import RecipeRecord, ValidationTracker, budget_epochs, read_recipe, read_training_record
 from common.engines.handlers import (NaNLossGuard, ResumableCheckpoint, RunState, WeightsLoader, describe_files,
                                      latest_checkpoint)
 from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler, EmptyAwareDiceMetric, EmptyAwareIoUMetric,
@@ -9,3 +9,4 @@ from common.engines.selfsup_trainer import SelfSupervisedTrainer
 from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, file_digest, kd_dataset, module_digest
 from common.engines.distributed import (barrier, check_ranks_agree, finish_distributed, init_distributed, is_rank0,
                                         local_device, wrap_ddp)
+from common.engines.schedules import LR_SCHEDULES, warmup_schedule

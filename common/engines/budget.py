@@ -6,6 +6,8 @@ number of passes over their data. With ``steps`` > 0 a bundle trains for at most
 one is walked through across epochs); it validates after each of them, and ``patience`` validations without
 a better key metric stop the run early. With ``steps`` = 0 an epoch is one pass over the data, as before.
 
+``RecipeRecord`` writes ``recipe.json`` beside the weights when training starts: what the run really trains
+with (the loader's batch, the optimizer as built, per parameter group), whatever the configs and overrides said.
 ``ValidationTracker`` writes ``training.json`` beside the weights: the steps trained, the budget, the best
 validation metric and the step it was reached at, and whether the run stopped early. The pipeline reads it to
 put the teacher's and the students' validation Dice side by side.
@@ -18,14 +20,15 @@ import logging
 import math
 import os
 
+import torch
 from ignite.engine import Engine, Events
 
 from common.engines.distributed import is_rank0
 from common.settings import check_positive
 
-__all__ = ["budget_epochs", "ValidationTracker", "read_training_record"]
+__all__ = ["budget_epochs", "ValidationTracker", "read_training_record", "RecipeRecord", "read_recipe"]
 
-RECORD = "training.json"
+RECORD, RECIPE = "training.json", "recipe.json"
 
 
 def budget_epochs(epochs: int, steps: int = 0, epoch_length: int = 25) -> int:
@@ -38,28 +41,39 @@ def budget_epochs(epochs: int, steps: int = 0, epoch_length: int = 25) -> int:
 
 
 class ValidationTracker:
-    """After each validation: record the best key metric and its step, and stop the run when ``patience``
-    validations in a row brought no better one (``patience`` 0: never stop early).
+    """After each validation: keep the best model, record the best key metric and its step, and stop the run
+    when ``patience`` validations in a row brought no better one (``patience`` 0: never stop early).
 
-    Attach it after the ``ValidationHandler`` in the trainer's handlers (handlers run in order). An
-    early-stopped run is a finished run: its trainer state records the epoch it stopped at as the last one,
-    so running the bundle again starts a new run instead of resuming this one.
+    Attach it after the ``ValidationHandler`` in the trainer's handlers (handlers run in order). What selects
+    the model (the best value, its step, the validations waited) lives in the trainer's state
+    (``state_dict_user_keys``), so the epoch checkpoints carry it: a resumed run goes on counting patience and
+    never overwrites the best model with a worse one, and ends as the uninterrupted run would. An early-stopped
+    run is a finished run: its trainer state records the epoch it stopped at as the last one, so running the
+    bundle again starts a new run instead of resuming this one.
 
     Args:
         validator: the evaluator the ``ValidationHandler`` runs.
         patience: validations without improvement before stopping.
-        output_dir: where ``training.json`` is written (the bundle's ``models`` folder).
+        output_dir: where ``training.json`` and the best model are written (the bundle's ``models`` folder).
+        model: the module (or ``state_dict`` holder) whose weights are the best model; None: not saved.
+        filename: the best model's file in ``output_dir``.
     """
 
-    def __init__(self, validator: Engine, patience: int = 0, output_dir: str = "") -> None:
+    KEYS = ("tskd_best_metric", "tskd_best_step", "tskd_waited")
+
+    def __init__(self, validator: Engine, patience: int = 0, output_dir: str = "", model=None,
+                 filename: str = "model.pt") -> None:
         self.validator = validator
         self.patience = int(patience)
-        self.output_dir = output_dir
-        self.best, self.best_step, self.waited = -math.inf, 0, 0
+        self.output_dir, self.model, self.filename = output_dir, model, filename
         self.stopped_early = False
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
+        for key, value in zip(self.KEYS, (-math.inf, 0, 0)):
+            setattr(engine.state, key, value)
+            if key not in engine.state_dict_user_keys:
+                engine.state_dict_user_keys.append(key)
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, self._write)
@@ -67,30 +81,43 @@ class ValidationTracker:
     def _started(self, engine: Engine) -> None:
         self.budget = engine.state.max_epochs * (engine.state.epoch_length or 0)
 
+    def _save_model(self) -> None:
+        if self.model is None or not (self.output_dir and is_rank0()):
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, self.filename)
+        torch.save(self.model.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)  # a kill while saving never leaves half a model
+
     def __call__(self, engine: Engine) -> None:
         state = self.validator.state
         if state.epoch != engine.state.epoch or not state.metrics:
             return  # no validation this epoch
         value = state.metrics.get(state.key_metric_name)
-        if value is not None and value > self.best:
-            self.best, self.best_step, self.waited = float(value), engine.state.iteration, 0
+        s = engine.state
+        if value is not None and value > s.tskd_best_metric:
+            s.tskd_best_metric, s.tskd_best_step, s.tskd_waited = float(value), s.iteration, 0
+            self._save_model()
         else:
-            self.waited += 1
-        if self.patience > 0 and self.waited >= self.patience and engine.state.epoch < engine.state.max_epochs:
+            s.tskd_waited += 1
+        if self.patience > 0 and s.tskd_waited >= self.patience and s.epoch < s.max_epochs:
             self.stopped_early = True
-            self.logger.info(f"early stop at step {engine.state.iteration} of {self.budget}: {self.patience} "
-                             f"validations without a better {state.key_metric_name} (best {self.best:.4f} at step "
-                             f"{self.best_step})")
-            engine.state.max_epochs = engine.state.epoch  # this epoch ends the run (see the class notes)
+            self.logger.info(f"early stop at step {s.iteration} of {self.budget}: {self.patience} validations "
+                             f"without a better {state.key_metric_name} (best {s.tskd_best_metric:.4f} at step "
+                             f"{s.tskd_best_step})")
+            s.max_epochs = s.epoch  # this epoch ends the run (see the class notes)
             engine.terminate()
 
     def _write(self, engine: Engine) -> None:
         if not (self.output_dir and is_rank0()):
             return
+        s = engine.state
+        if s.tskd_best_metric == -math.inf and self.model is not None:
+            self._save_model()  # no validation gave a number: keep the last weights rather than none
         os.makedirs(self.output_dir, exist_ok=True)
-        record = {"steps": engine.state.iteration, "budget_steps": self.budget, "stopped_early": self.stopped_early,
-                  "best_metric": None if self.best == -math.inf else self.best, "best_step": self.best_step,
-                  "metric": self.validator.state.key_metric_name}
+        record = {"steps": s.iteration, "budget_steps": self.budget, "stopped_early": self.stopped_early,
+                  "best_metric": None if s.tskd_best_metric == -math.inf else s.tskd_best_metric,
+                  "best_step": s.tskd_best_step, "metric": self.validator.state.key_metric_name}
         with open(os.path.join(self.output_dir, RECORD), "w") as f:
             json.dump(record, f, indent=1)
 
@@ -99,6 +126,53 @@ def read_training_record(bundle_root: str) -> dict:
     """A bundle's ``models/training.json``, or {} when it trained without validation (or not at all)."""
     try:
         with open(os.path.join(bundle_root, "models", RECORD)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+class RecipeRecord:
+    """Write ``recipe.json`` into ``output_dir`` when training starts: the batch size the trainer's loader uses
+    (and whether it drops a last short batch), the steps planned, the optimizer's type and, per parameter
+    group, its base learning rate, betas / momentum, weight decay and number of tensors, and the run's
+    settings. A later override can never leave the docs and the run disagreeing unseen.
+
+    Args:
+        output_dir: where ``recipe.json`` is written (the bundle's ``models`` folder).
+        optimizer: the optimizer the trainer steps.
+        settings: the run's settings (the bundle's ``run_settings``), recorded as they are.
+    """
+
+    def __init__(self, output_dir: str, optimizer, settings: dict | None = None) -> None:
+        self.output_dir, self.optimizer, self.settings = output_dir, optimizer, settings or {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not (self.output_dir and is_rank0()):
+            return
+        loader = engine.data_loader
+        groups = []
+        for group in self.optimizer.param_groups:
+            # A scheduler keeps the configured rate in ``initial_lr`` and may have set ``lr`` to its warm-up start.
+            entry = {"lr": group.get("initial_lr", group["lr"]), "weight_decay": group.get("weight_decay", 0.0),
+                     "tensors": len(group["params"])}
+            entry.update({k: list(group[k]) if isinstance(group[k], tuple) else group[k]
+                          for k in ("betas", "momentum", "nesterov") if k in group})
+            groups.append(entry)
+        record = {"batch_size": getattr(loader, "batch_size", None), "drop_last": getattr(loader, "drop_last", None),
+                  "steps": engine.state.max_epochs * (engine.state.epoch_length or 0),
+                  "optimizer": type(self.optimizer).__name__, "param_groups": groups, "settings": self.settings}
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(os.path.join(self.output_dir, RECIPE), "w") as f:
+            json.dump(record, f, indent=1, default=str)
+
+
+def read_recipe(bundle_root: str) -> dict:
+    """A bundle's ``models/recipe.json``, or {} when it has not trained."""
+    try:
+        with open(os.path.join(bundle_root, "models", RECIPE)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}

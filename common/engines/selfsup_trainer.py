@@ -16,7 +16,7 @@ __all__ = ["SelfSupervisedTrainer"]
 class SelfSupervisedTrainer(SupervisedTrainer):
     """Trains a network whose forward returns its own ``loss`` from unlabelled images: a
     ``MaskedAutoencoder`` (one view) or ``MoCoV3`` (two views, and its momentum encoder updated after
-    every optimizer step). ``loss_function`` is unused.
+    every optimizer step, with the momentum its schedule gives at this point of the run). ``loss_function`` is unused.
 
     Args:
         views: batch keys of the views passed to the network, in order (``["image"]``; MoCo v3:
@@ -47,6 +47,7 @@ class SelfSupervisedTrainer(SupervisedTrainer):
         optimisation_step(engine, forward_loss)
         network = getattr(engine.network, "module", engine.network)  # DDP wraps it
         if hasattr(network, "momentum_update"):
-            network.momentum_update()
+            total = engine.state.max_epochs * (engine.state.epoch_length or 1)
+            network.momentum_update(progress=(engine.state.iteration - 1) / max(total, 1))
         return engine.state.output
 

@@ -11,6 +11,7 @@ stage loads the pre-trained encoder as it loads a distilled one (``encoder.*`` k
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -153,12 +154,14 @@ class MoCoV3(nn.Module):
         encoder: timm ``VisionTransformer`` (the student's ``encoder``, ``num_classes=0``).
         dim: output dimension of projector and predictor.
         hidden: hidden width of the MLPs.
-        momentum: momentum of the key encoder (paper: 0.99).
+        momentum: momentum of the key encoder at the start (paper: 0.99).
         temperature: τ (paper: 0.2).
+        momentum_schedule: ``cosine`` raises the momentum from ``momentum`` towards 1 over the run (MoCo v3's
+            ``adjust_moco_momentum``); ``constant`` keeps it.
     """
 
     def __init__(self, encoder: nn.Module, dim: int = 256, hidden: int = 1024, momentum: float = 0.99,
-                 temperature: float = 0.2) -> None:
+                 temperature: float = 0.2, momentum_schedule: str = "cosine") -> None:
         super().__init__()
         self.encoder = encoder
         self.projector = _mlp(encoder.embed_dim, hidden, dim, 3)
@@ -167,15 +170,25 @@ class MoCoV3(nn.Module):
         self.momentum_projector = copy.deepcopy(self.projector)
         for p in list(self.momentum_encoder.parameters()) + list(self.momentum_projector.parameters()):
             p.requires_grad_(False)
-        self.momentum, self.temperature = momentum, temperature
+        if momentum_schedule not in ("cosine", "constant"):
+            raise ValueError(f"momentum_schedule must be 'cosine' or 'constant', got '{momentum_schedule}'")
+        self.momentum, self.temperature, self.momentum_schedule = momentum, temperature, momentum_schedule
+
+    def momentum_at(self, progress: float) -> float:
+        """The key encoder's momentum at ``progress`` (0 at the first step, 1 at the end of the run)."""
+        if self.momentum_schedule == "constant":
+            return self.momentum
+        return 1.0 - (1.0 - self.momentum) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
     @torch.no_grad()
-    def momentum_update(self) -> None:
-        """key ← m·key + (1 − m)·online, for encoder and projector (after each optimizer step)."""
+    def momentum_update(self, progress: float = 0.0) -> None:
+        """key ← m·key + (1 − m)·online, for encoder and projector (after each optimizer step), with m the
+        momentum at ``progress`` through the run."""
+        m = self.momentum_at(progress)
         pairs = [(self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)]
         for key_net, online in pairs:
             for k, q in zip(key_net.parameters(), online.parameters()):
-                k.mul_(self.momentum).add_(q.detach(), alpha=1 - self.momentum)
+                k.mul_(m).add_(q.detach(), alpha=1 - m)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
         """Two views (B, C, S, S) -> ``loss``, the symmetric contrastive loss."""

@@ -146,7 +146,8 @@ class ViTFPN(nn.Module):
 
 
 def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int = 2, fpn: str = "light",
-                  num_heads: int | None = 3, encoder_checkpoint: str | None = None, init_head: bool = False) -> ViTFPN:
+                  num_heads: int | None = 3, encoder_checkpoint: str | None = None, init_head: bool = False,
+                  resample_pos_embed: bool = True) -> ViTFPN:
     """ViT-Tiny (dim 192, depth 12, patch 16) + FPN head at the task's input size.
 
     Args:
@@ -160,6 +161,8 @@ def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int 
             ``config``) must agree; ``None`` takes the count from the checkpoint, which must then record it.
         encoder_checkpoint: optional encoder weights (see ``load_encoder_weights``).
         init_head: also load the FPN head from ``encoder_checkpoint`` when it holds one (a distilled student).
+        resample_pos_embed: when the checkpoint's position embeddings are for another grid, resample them to the
+            student's (timm's way); False keeps the student's own initialisation (the paper, for MAE-lite).
 
     Returns:
         The student, randomly initialised unless ``encoder_checkpoint`` is given.
@@ -179,7 +182,7 @@ def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int 
                                 in_chans=in_channels, num_classes=0, num_heads=num_heads)
     model = ViTFPN(encoder, num_classes=num_classes, fpn=fpn)
     if encoder_checkpoint:
-        load_encoder_weights(model, encoder_checkpoint, with_head=init_head)
+        load_encoder_weights(model, encoder_checkpoint, with_head=init_head, resample_pos_embed=resample_pos_embed)
     return model
 
 
@@ -203,17 +206,20 @@ _PREFIXES = ("module.", "encoder.", "backbone.", "student.encoder.")
 _SKIP = ("decoder", "mask_token", "head.", "fc_norm", "projector", "predictor")
 
 
-def load_encoder_weights(model: ViTFPN, path: str, with_head: bool = False) -> list[str]:
+def load_encoder_weights(model: ViTFPN, path: str, with_head: bool = False, resample_pos_embed: bool = True) -> list[str]:
     """Load ViT encoder weights into ``model.encoder``; the FPN head keeps its initialisation unless
     ``with_head`` and the file holds a ViT-FPN head (``fpn.*``, ``head.*``) of the same shapes.
 
     Accepts a timm/MAE-style encoder state dict, a full ViTFPN state dict, or a pretrain-bundle output
-    (keys prefixed ``encoder.``). The position embedding is resampled when the grid differs and the
-    patch embedding is adapted when the channel count differs.
+    (keys prefixed ``encoder.``). The position embedding is resampled when the grid differs (or, with
+    ``resample_pos_embed`` False, not loaded: the student keeps its own) and the patch embedding is adapted
+    when the channel count differs.
 
     Args:
         model: the student.
         path: checkpoint file.
+        with_head: also load the FPN head.
+        resample_pos_embed: resample position embeddings of another grid, rather than leave them out.
 
     Returns:
         The keys that were loaded (encoder keys without prefix; head keys as ``fpn.*`` / ``head.*``).
@@ -232,6 +238,8 @@ def load_encoder_weights(model: ViTFPN, path: str, with_head: bool = False) -> l
             continue
         want = target[key].shape
         if key == "pos_embed" and value.shape != want:
+            if not resample_pos_embed:
+                continue
             prefix_tokens = 0 if model.encoder.no_embed_class else model.encoder.num_prefix_tokens
             grid = model.encoder.patch_embed.grid_size
             value = resample_abs_pos_embed(value, new_size=list(grid), num_prefix_tokens=prefix_tokens)
