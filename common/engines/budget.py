@@ -122,13 +122,17 @@ class ValidationTracker:
             json.dump(record, f, indent=1)
 
 
-def read_training_record(bundle_root: str) -> dict:
-    """A bundle's ``models/training.json``, or {} when it trained without validation (or not at all)."""
+def _read_record(bundle_root: str, name: str) -> dict:
     try:
-        with open(os.path.join(bundle_root, "models", RECORD)) as f:
+        with open(os.path.join(bundle_root, "models", name)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def read_training_record(bundle_root: str) -> dict:
+    """A bundle's ``models/training.json``, or {} when it trained without validation (or not at all)."""
+    return _read_record(bundle_root, RECORD)
 
 
 class RecipeRecord:
@@ -171,8 +175,4 @@ class RecipeRecord:
 
 def read_recipe(bundle_root: str) -> dict:
     """A bundle's ``models/recipe.json``, or {} when it has not trained."""
-    try:
-        with open(os.path.join(bundle_root, "models", RECIPE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    return _read_record(bundle_root, RECIPE)
