@@ -27,7 +27,7 @@ STAGES = {
     "teacher": "SAM-LoRA teacher (prompt-free, multi-class)",
     "pretrain": "ViT-Tiny + FPN student pre-trained by distillation from the teacher",
     "student": "ViT-Tiny + FPN student",
-    "reference": "DynUNet reference (nnU-Net's 2D U-Net plan) trained on the labels",
+    "reference": "DynUNet reference with nnU-Net's 2D recipe (plan, augmentation, deep supervision, batch Dice + CE) trained on the labels",
 }
 # Top-level config keys that take the dataset's value.
 DATASET_KEYS = ("image_size", "in_channels", "class_names", "lora_rank", "dataset_dir")

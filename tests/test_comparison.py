@@ -95,7 +95,7 @@ def test_tables_mark_the_best_student_and_say_whether_a_difference_is_real(tmp_p
     assert ("TS-KD vs scratch: mean per-image Dice difference +0.1150 (median +0.1150), n = 6 test images (seeds "
             "averaged per image), Wilcoxon signed-rank p = 0.0312, Holm-adjusted over 2 comparisons p = 0.0625: "
             "**inside the noise**") in text
-    assert "TS-KD vs DynUNet (nnU-Net 2D plan)" in text and "n = 3 differing images is too small for any p < 0.05" in text
+    assert "TS-KD vs DynUNet, nnU-Net 2D recipe" in text and "n = 3 differing images is too small for any p < 0.05" in text
     assert "MAE" not in text.split("###")[1].split("\n- ")[0]  # the failed cell is not a row
 
 
@@ -137,7 +137,7 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
     tables = (out / "tables.md").read_text()
     for fragment in ("### 3 labels (+ 2 for validation), transfer set of 8 images", "too small for any p < 0.05",
-                     "| TS-KD | 2 |", "| DynUNet (nnU-Net 2D plan) | 2 |",
+                     "| TS-KD | 2 |", "| DynUNet, nnU-Net 2D recipe | 2 |",
                      "TS-KD vs DynUNet", "Wilcoxon", "Holm-adjusted", "## Teacher checks", "## Pre-training wall time", "GFLOP",
                      "## Transfer sets", "Transfer set: 8 images, the labelled training images and their affine views"):
         assert fragment in tables, fragment

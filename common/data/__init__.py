@@ -3,7 +3,8 @@ from common.data.datalists import (class_names, has_split, load_datalist, read_d
 from common.data.figures import save_prediction_grid
 from common.data.demo import block_split, mni_paths, prepare_demo
 from common.data.io import atomic_folder, check_output_folder
-from common.data.transforms import LoadImage2Dd, MaskOutsideROId, ValidateSampled, contrastive_views, random_affine
+from common.data.transforms import (LoadImage2Dd, MaskOutsideROId, ValidateSampled, contrastive_views,
+                                   nnunet_augmentation, random_affine)
 from common.data.transfer import check_unlabelled_folder, make_transfer_set
 from common.data.convert import Case, convert_cases, read_image, read_mask
 from common.data.datasets import DATASETS, DatasetSpec, parse_classes, prepare_dataset

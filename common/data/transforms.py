@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.transforms import (CopyItemsd, EnsureChannelFirst, LoadImaged, MapTransform, RandAdjustContrastd,
-                              RandAffined, RandFlipd, RandGaussianSmoothd, RandScaleCropd, RandScaleIntensityd, Resized)
+                              RandAffined, RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandScaleCropd,
+                              RandScaleIntensityd, RandScaleIntensityFixedMeand, RandSimulateLowResolutiond, Resized)
 
 from common.errors import DataError
 
-__all__ = ["LoadImage2Dd", "random_affine", "contrastive_views", "ValidateSampled", "MaskOutsideROId"]
+__all__ = ["LoadImage2Dd", "random_affine", "nnunet_augmentation", "contrastive_views", "ValidateSampled",
+           "MaskOutsideROId"]
 
 
 def _source(data: Mapping[Hashable, Any], key: str) -> str:
@@ -100,6 +102,44 @@ def random_affine(keys: KeysCollection, image_size: int, prob: float = 0.5, rota
     return RandAffined(keys, prob=prob, rotate_range=[(-float(rotate), float(rotate))],
                        scale_range=_pairs(scale, 2), shear_range=_pairs(shear, 2),
                        translate_range=_pairs(translate * image_size, 2), mode=mode, padding_mode=padding_mode)
+
+
+def nnunet_augmentation(keys: KeysCollection = ("image", "label"), image_key: str = "image",
+                        noise_std: float = 0.1) -> list:
+    """nnU-Net's 2D training augmentation (Isensee et al., Nature Methods 2021, supplementary note 4;
+    ``nnUNetTrainer.get_training_transforms``) built from MONAI transforms, for images scaled to [0, 1].
+
+    In nnU-Net's order, each with its probability per sample: rotation in [-180, 180] degrees (0.2) and scaling
+    by 0.7-1.4 (0.2), Gaussian noise (0.1), Gaussian blur with sigma 0.5-1 (0.2), brightness x 0.75-1.25 (0.15),
+    contrast x 0.75-1.25 around the mean, range kept (0.15), low-resolution simulation at 0.5-1 of the size
+    (0.25), gamma 0.7-1.5 on the inverted image (0.1) and on the image (0.3), both keeping mean and spread, and
+    mirroring along each axis (0.5). Departures: nnU-Net draws one scale for both axes, MONAI one per axis;
+    nnU-Net's noise variance is up to 0.1 on z-scored images, here ``noise_std`` is the largest standard deviation
+    on [0, 1] images (0.1, about a third of a brain slice's spread, as nnU-Net's is of a z-scored one).
+
+    Args:
+        keys: the image key and the keys moved with it (label, evaluation mask); labels are resampled nearest.
+        image_key: the key whose intensities change.
+        noise_std: largest standard deviation of the added noise.
+
+    Returns:
+        The transforms, in order.
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    modes = ["bilinear" if k == image_key else "nearest" for k in keys]
+    return [RandAffined(keys, prob=0.2, rotate_range=[(-torch.pi, torch.pi)], mode=modes, padding_mode="zeros",
+                        allow_missing_keys=True),
+            RandAffined(keys, prob=0.2, scale_range=[(-0.3, 0.4)] * 2, mode=modes, padding_mode="zeros",
+                        allow_missing_keys=True),
+            RandGaussianNoised(image_key, prob=0.1, std=noise_std),
+            RandGaussianSmoothd(image_key, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=0.2),
+            RandScaleIntensityd(image_key, factors=0.25, prob=0.15),
+            RandScaleIntensityFixedMeand(image_key, factors=0.25, preserve_range=True, prob=0.15),
+            RandSimulateLowResolutiond(image_key, prob=0.25, zoom_range=(0.5, 1.0), upsample_mode="bicubic"),
+            RandAdjustContrastd(image_key, prob=0.1, gamma=(0.7, 1.5), invert_image=True, retain_stats=True),
+            RandAdjustContrastd(image_key, prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+            RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+            RandFlipd(keys, prob=0.5, spatial_axis=1, allow_missing_keys=True)]
 
 
 def contrastive_views(key: str, second_key: str, image_size: int, min_crop: float = 0.3) -> list:

@@ -1,1 +1,2 @@
 from common.losses.distill import TaskSpecificKDLoss, align_grid, match_logits
+from common.losses.supervision import DeepSupervised

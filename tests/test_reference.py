@@ -1,0 +1,108 @@
+"""The DynUNet reference's nnU-Net 2D recipe: network, deep-supervision loss, augmentation, bundle wiring."""
+
+import json
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.losses import DiceCELoss
+from monai.utils import set_determinism
+
+from common.data import nnunet_augmentation
+from common.losses import DeepSupervised
+from common.models import build_dynunet, count_gflop, deep_supervision_heads, nnunet_2d_plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_network_supervises_every_decoder_level_but_the_coarsest_and_infers_plainly():
+    assert nnunet_2d_plan(128)["strides"] == [1, 2, 2, 2, 2, 2]  # 128 -> 4: five decoder levels
+    assert deep_supervision_heads(128) == 3 and deep_supervision_heads(64) == 2
+    net = build_dynunet(64, 1, 3)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms and all(m.affine for m in norms)  # nnU-Net's instance norm learns scale and shift
+    x = torch.rand(2, 1, 64, 64)
+    assert net.train()(x).shape == (2, 3, 3, 64, 64)  # main output + 2 deeper levels, at the input size
+    assert net.eval()(x).shape == (2, 3, 64, 64)
+    plain = build_dynunet(64, 1, 3, deep_supervision=False).eval()
+    # At inference only the heads' 1x1 convolutions run (MONAI computes them, then drops them): under 0.1 % of
+    # the plain U-Net's GFLOP.
+    with_heads, without = count_gflop(net, x[:1]), count_gflop(plain, x[:1])
+    assert without < with_heads < without * 1.001
+
+
+def test_deep_supervision_loss_weights_levels_by_halves_normalised():
+    inner = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    loss = DeepSupervised(inner)
+    assert loss.get_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    torch.manual_seed(0)
+    outputs = torch.randn(2, 3, 3, 16, 16)
+    target = torch.randint(0, 3, (2, 1, 16, 16)).float()
+    expected = sum(w * inner(outputs[:, i], target) for i, w in enumerate([4 / 7, 2 / 7, 1 / 7]))
+    assert loss(outputs, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss(outputs[:, 0], target).item() == pytest.approx(inner(outputs[:, 0], target).item(), rel=1e-6)
+
+
+def test_dice_is_over_the_foreground_and_the_batch():
+    # Image 0 has a 16-pixel object, predicted exactly; image 1 a 4-pixel object, missed. Over the batch the
+    # foreground Dice is 2*16 / (16 + 20): the sums run over both images, the background class is left out.
+    # Per image it would be the mean of 1 and 0.
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1
+    target[1, 0, 0:2, 0:2] = 1
+    predicted = target.clone()
+    predicted[1] = 0
+    logits = torch.cat([1 - predicted, predicted], 1) * 50.0
+    dice = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, lambda_ce=0.0)
+    assert dice(logits, target).item() == pytest.approx(1 - 32 / 36, abs=1e-4)
+    per_image = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, lambda_ce=0.0)
+    assert per_image(logits, target).item() == pytest.approx(0.5, abs=1e-4)
+    with_background = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_ce=0.0)
+    assert with_background(logits, target).item() < dice(logits, target).item()  # background's easy Dice dilutes it
+
+
+def test_augmentation_moves_the_mask_with_the_image_and_changes_only_image_intensities():
+    set_determinism(seed=0)
+    transforms = nnunet_augmentation(["image", "label"])
+    names = [type(t).__name__ for t in transforms]
+    assert names == ["RandAffined", "RandAffined", "RandGaussianNoised", "RandGaussianSmoothd", "RandScaleIntensityd",
+                     "RandScaleIntensityFixedMeand", "RandSimulateLowResolutiond", "RandAdjustContrastd",
+                     "RandAdjustContrastd", "RandFlipd", "RandFlipd"]
+    assert [t.prob for t in transforms] == [0.2, 0.2, 0.1, 0.2, 0.15, 0.15, 0.25, 0.1, 0.3, 0.5, 0.5]
+    label = torch.zeros(1, 32, 32)
+    label[0, 4:14, 6:20] = 1
+    label[0, 20:28, 10:14] = 2
+    spatial = transforms[:2] + transforms[-2:]
+    changed = 0
+    for _ in range(40):
+        d = {"image": label.clone() / 2, "label": label.clone()}
+        for t in spatial:
+            d = t(d)
+        image, mask = torch.as_tensor(d["image"]), torch.as_tensor(d["label"])
+        assert set(mask.unique().tolist()) <= {0.0, 1.0, 2.0}  # nearest resampling keeps the classes
+        # Where the mask says class 2 the image is bright (interpolated edges aside): they moved together.
+        inside = image[mask == 2]
+        assert inside.numel() == 0 or inside.median() > 0.75
+        changed += not torch.equal(mask, label)
+    assert changed > 20  # mirroring alone changes most draws
+    d = {"image": label.clone() / 2, "label": label.clone()}
+    for t in transforms[2:9]:
+        t.prob = 1.0
+        d = t(d)
+    assert torch.equal(torch.as_tensor(d["label"]), label)
+    assert not torch.allclose(torch.as_tensor(d["image"]), label / 2)
+
+
+def test_reference_bundle_trains_with_the_recipe():
+    parser = ConfigParser()
+    parser.read_config(os.path.join(ROOT, "bundles", "demo_reference", "configs", "train.json"))
+    parser["bundle_root"] = "/tmp/unused"
+    loss = parser.get_parsed_content("loss")
+    assert isinstance(loss, DeepSupervised) and loss.loss.dice.batch and not loss.loss.dice.include_background
+    augmentation = parser.get_parsed_content("train#augmentation")
+    assert [type(t).__name__ for t in augmentation] == [type(t).__name__ for t in nnunet_augmentation()]
+    net = parser.get_parsed_content("network_def")
+    assert net.deep_supervision and net.deep_supr_num == deep_supervision_heads(parser["image_size"])
+    settings = json.dumps(parser.config["run_settings"])
+    assert "nnU-Net 2D" in settings
