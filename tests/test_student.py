@@ -5,9 +5,9 @@ from common.errors import CheckpointError
 from common.models import build_vit_fpn, load_encoder_weights, model_size
 
 
-@pytest.mark.parametrize("size,channels", [(256, 1), (512, 3)])
-def test_student_shapes(size, channels):
-    model = build_vit_fpn(image_size=size, in_channels=channels, num_classes=4).eval()
+@pytest.mark.parametrize("size,channels,fpn", [(256, 1, "light"), (512, 3, "light"), (96, 3, "skip")])
+def test_student_shapes(size, channels, fpn):
+    model = build_vit_fpn(image_size=size, in_channels=channels, num_classes=4, fpn=fpn).eval()
     with torch.no_grad():
         logits, hidden = model.forward_with_hidden(torch.rand(1, channels, size, size))
     assert logits.shape == (1, 4, size, size)
@@ -48,7 +48,7 @@ def test_the_default_pyramid_costs_less_than_the_encoder():
         build_vit_fpn(image_size=64, fpn="wide")
 
 
-@pytest.mark.parametrize("fpn", ["light", "paper"])
+@pytest.mark.parametrize("fpn", ["light", "paper", "skip"])
 def test_student_reaches_every_parameter(fpn):
     model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3, fpn=fpn)
     model(torch.rand(2, 1, 64, 64)).sum().backward()
@@ -74,12 +74,49 @@ def test_encoder_weights_load_across_sizes_and_bad_files_are_named(tmp_path):
         load_encoder_weights(target, str(small))
 
 
-def test_student_exports_match_pytorch(tmp_path):
+def test_the_skip_student_draws_at_full_resolution_under_a_fifth_of_the_reference():
+    from common.models import build_dynunet, count_gflop
+
+    # The light and paper students upsample a stride-4 map bilinearly: between its samples their logits are
+    # linear, so about half of the second differences along a row vanish, and a line thinner than 4 px cannot
+    # be drawn. The skip student's full-resolution decoder has no such constraint.
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 64)
+    for fpn, linear in (("light", True), ("paper", True), ("skip", False)):
+        model = build_vit_fpn(image_size=64, num_classes=2, fpn=fpn).eval()
+        with torch.no_grad():
+            logits = model(x)[0, 1]
+        second = logits[:, 2:] - 2 * logits[:, 1:-1] + logits[:, :-2]
+        flat = float((second.abs() <= 1e-4 * logits.abs().max()).float().mean())
+        assert (flat > 0.4) if linear else (flat < 0.01), (fpn, flat)
+    size = 128
+    x = torch.rand(1, 1, size, size)
+    light = count_gflop(build_vit_fpn(image_size=size, fpn="light").eval(), x)
+    skip = count_gflop(build_vit_fpn(image_size=size, fpn="skip").eval(), x)
+    reference = count_gflop(build_dynunet(size, 1, 2).eval(), x)
+    assert light < skip < 1.35 * light  # the stem and skip decoder: a third more at most (measured 1.21x)
+    assert skip <= reference / 5
+
+
+def test_a_distilled_skip_student_passes_its_stem_and_decoder_on(tmp_path):
+    source = build_vit_fpn(image_size=64, num_classes=3, fpn="skip")
+    path = tmp_path / "encoder.pt"
+    torch.save(source.state_dict(), path)
+    target = build_vit_fpn(image_size=64, num_classes=3, fpn="skip", encoder_checkpoint=str(path), init_head=True)
+    loaded = load_encoder_weights(target, str(path), with_head=True)
+    assert any(k.startswith("stem.") for k in loaded) and any(k.startswith("head.fuse") for k in loaded)
+    torch.testing.assert_close(target.stem.stages[0][0].weight, source.stem.stages[0][0].weight)
+    with pytest.raises(CheckpointError, match="FPN head does not fit"):
+        build_vit_fpn(image_size=64, num_classes=2, fpn="skip", encoder_checkpoint=str(path), init_head=True)
+
+
+@pytest.mark.parametrize("fpn", ["light", "skip"])
+def test_student_exports_match_pytorch(tmp_path, fpn):
     import onnxruntime as ort
 
     from common.models import export_onnx, max_abs_diff, trace_model
 
-    model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3).eval()
+    model = build_vit_fpn(image_size=64, in_channels=1, num_classes=3, fpn=fpn).eval()
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         reference = model(x)

@@ -14,6 +14,10 @@ Two pyramids (``fpn`` of ``build_vit_fpn``):
 - ``paper``: 256 channels and dense 3x3 convolutions at every stride, the paper's student (~8.4 M
   parameters, ~33 MB fp32); 2.7 times the encoder's FLOPs at 256² (1.8 at 512²), most of it at stride 4.
   Kept for exact reproduction.
+- ``skip``: the ``light`` pyramid plus a shallow convolutional stem on the image (``ConvStem``: features at
+  strides 1, 2 and 4) whose maps join the pyramid's stride-4 output on its way up to full resolution
+  (``SkipDecoder``, U-Net-style skips), so the student can draw what is thinner than its 16-px patches. The
+  encoder, and so TS-KD's hidden-state term, is unchanged.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ from timm.models import adapt_input_conv
 from common.errors import CheckpointError
 from common.models.checkpoints import load_state_file
 
-__all__ = ["ViTFPN", "SimpleFeaturePyramid", "FPN_PRESETS", "build_vit_fpn", "load_encoder_weights", "model_size"]
+__all__ = ["ViTFPN", "SimpleFeaturePyramid", "ConvStem", "SkipDecoder", "FPN_PRESETS", "build_vit_fpn",
+           "load_encoder_weights", "model_size"]
 
 # Pyramid width per stride (4, 8, 16, 32); whether strides 4 and 8 use separable 3x3 convolutions; whether each
-# level's 3x3 convolution is followed by GroupNorm + GELU.
+# level's 3x3 convolution is followed by GroupNorm + GELU; optionally the convolutional stem's widths at strides
+# 1, 2 and 4 and the skip decoder's at strides 4, 2 and 1.
 FPN_PRESETS = {
     "light": {"widths": (192, 192, 256, 256), "separable": True, "activate": True},
     "paper": {"widths": (256, 256, 256, 256), "separable": False, "activate": False},
+    "skip": {"widths": (192, 192, 256, 256), "separable": True, "activate": True,
+             "stem": (16, 32, 64), "decoder": (96, 48, 32)},
 }
 
 
@@ -105,13 +113,71 @@ class SimpleFeaturePyramid(nn.Module):
         return fused
 
 
+def _block(cin: int, cout: int, stride: int = 1, separable: bool = False) -> nn.Sequential:
+    """3x3 convolution (dense or depthwise-separable) + GroupNorm + GELU."""
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1) if not separable else _conv3x3(cin, cout, True)
+    return nn.Sequential(conv, nn.GroupNorm(min(8, cout // 4), cout), nn.GELU())
+
+
+class ConvStem(nn.Module):
+    """A few cheap convolutions on the image: features at strides 1, 2 and 4 (one 3x3 block each; the last two
+    downsample), the detail the ViT's 16-px patches average away.
+
+    Args:
+        in_channels: image channels.
+        widths: channels at strides 1, 2 and 4.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        cins = (in_channels,) + tuple(widths[:-1])
+        self.stages = nn.ModuleList([_block(c, w, 1 if k == 0 else 2) for k, (c, w) in enumerate(zip(cins, widths))])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, S, S) -> [(B, w1, S, S), (B, w2, S/2, S/2), (B, w4, S/4, S/4)]."""
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class SkipDecoder(nn.Module):
+    """The pyramid's stride-4 map up to full resolution, joined at strides 4, 2 and 1 with the stem's features
+    (concatenated, then a separable 3x3 block), then classified per pixel.
+
+    Args:
+        in_dim: the pyramid's stride-4 width.
+        stem: the stem's widths at strides 1, 2 and 4.
+        widths: the decoder's widths at strides 4, 2 and 1.
+        num_classes: classes including background.
+    """
+
+    def __init__(self, in_dim: int, stem: tuple[int, int, int], widths: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        cins = (in_dim,) + tuple(widths[:-1])
+        self.fuse = nn.ModuleList([_block(c + s, w, separable=True)
+                                   for c, s, w in zip(cins, tuple(stem)[::-1], widths)])
+        self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """x (B, in_dim, S/4, S/4), skips from ``ConvStem`` -> logits (B, K, S, S)."""
+        for k, fuse in enumerate(self.fuse):
+            skip = skips[len(skips) - 1 - k]
+            if x.shape[-2:] != skip.shape[-2:]:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = fuse(torch.cat([x, skip], 1))
+        return self.classifier(x)
+
+
 class ViTFPN(nn.Module):
     """ViT encoder + simple feature pyramid + per-pixel classifier.
 
     Args:
         encoder: a timm ``VisionTransformer`` built with ``num_classes=0``.
         num_classes: classes including background.
-        fpn: ``light`` or ``paper`` (see the module's docstring), or a dict of ``SimpleFeaturePyramid`` arguments.
+        fpn: ``light``, ``paper`` or ``skip`` (see the module's docstring), or a dict of ``SimpleFeaturePyramid``
+            arguments, with ``stem`` and ``decoder`` widths for the convolutional skips.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, fpn: str | dict = "light") -> None:
@@ -120,12 +186,20 @@ class ViTFPN(nn.Module):
             if fpn not in FPN_PRESETS:
                 raise ValueError(f"fpn must be one of {sorted(FPN_PRESETS)}, got '{fpn}'")
             fpn = FPN_PRESETS[fpn]
+        fpn = dict(fpn)
+        stem, decoder = fpn.pop("stem", None), fpn.pop("decoder", None)
         self.encoder = encoder
         self.fpn = SimpleFeaturePyramid(encoder.embed_dim, **fpn)
         width, separable = self.fpn.out_dim, fpn.get("separable", False)
-        hidden = width if separable else width // 2  # the paper's head halves its 256 channels
-        self.head = nn.Sequential(_conv3x3(width, hidden, separable), nn.GroupNorm(8, hidden),
-                                  nn.GELU(), nn.Conv2d(hidden, num_classes, 1))
+        self.stem: ConvStem | None = None
+        if stem:
+            in_channels = encoder.patch_embed.proj.in_channels
+            self.stem = ConvStem(in_channels, tuple(stem))
+            self.head = SkipDecoder(width, tuple(stem), tuple(decoder or (96, 48, 32)), num_classes)
+        else:
+            hidden = width if separable else width // 2  # the paper's head halves its 256 channels
+            self.head = nn.Sequential(_conv3x3(width, hidden, separable), nn.GroupNorm(8, hidden),
+                                      nn.GELU(), nn.Conv2d(hidden, num_classes, 1))
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +211,8 @@ class ViTFPN(nn.Module):
     def forward_with_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, S, S) -> (logits (B, K, S, S), last hidden state (B, D, S/16, S/16))."""
         hidden = self.forward_features(x)
+        if self.stem is not None:
+            return self.head(self.fpn(hidden), self.stem(x)), hidden
         logits = self.head(self.fpn(hidden))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False), hidden
 
@@ -154,7 +230,7 @@ def build_vit_fpn(image_size: int = 256, in_channels: int = 1, num_classes: int 
         image_size: input side S (a multiple of 16).
         in_channels: image channels (1 grey, 3 RGB).
         num_classes: classes including background.
-        fpn: ``light`` (default) or ``paper`` pyramid.
+        fpn: ``light`` (default), ``paper`` or ``skip`` pyramid (module docstring).
         num_heads: attention heads: 3 for timm's (and tskd's) ViT-Tiny, 12 for MAE-lite's ImageNet ViT-Tiny
             (paper, baselines). Weights of one head count load into the other without error but compute a
             different function, so a checkpoint that records its count (``num_heads``, or inside ``args`` /
@@ -257,7 +333,7 @@ def load_encoder_weights(model: ViTFPN, path: str, with_head: bool = False, resa
     model.encoder.load_state_dict(loaded, strict=False)
     head = {}
     if with_head:
-        own = {k: v for k, v in model.state_dict().items() if k.startswith(("fpn.", "head."))}
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(("fpn.", "head.", "stem."))}
         head = {k: v for k, v in state.items() if k in own}
         wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in head.items() if v.shape != own[k].shape]
         if wrong:
