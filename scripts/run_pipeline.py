@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--teacher_checkpoint", default="",
                         help="an already trained teacher (a teacher bundle's models/model.pt): skips teacher training")
     parser.add_argument("--fpn", choices=sorted(FPN_PRESETS), default="light",
-                        help="the student's pyramid: light (default, cheaper than its encoder) or the paper's")
+                        help="the student's pyramid: light (default, cheaper than its encoder), the paper's, or skip (light + a convolutional stem joined at full resolution)")
     parser.add_argument("--imagenet_mae_checkpoint", default="",
                         help="MAE-lite's ImageNet ViT-Tiny weights, for --method imagenet_mae")
     parser.add_argument("--imagenet_mae_pos_embed", action="store_true",
@@ -496,7 +496,9 @@ def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
     teacher = record.get("best_metric")
     if teacher is None:
         return []
-    lines = [f"Teacher: best validation Dice {teacher:.4f} ({_trained(record)})."]
+    lines = [f"Teacher: best validation Dice {teacher:.4f} ({_trained(record)}). Its checkpoint was chosen on these "
+             "validation images, so the figure is optimistic; no other labelled image is left to check it on before "
+             "distilling (the test split stays unseen until the end). The summary's test Dice is the unbiased one."]
     if teacher < WEAK_TEACHER_DICE:
         lines.append(f"**WARNING: the teacher is weak (validation Dice {teacher:.4f} < {WEAK_TEACHER_DICE}).** "
                      "Distilling its logits teaches its mistakes; train it longer (a larger teacher budget, "

@@ -89,6 +89,7 @@ def test_the_paper_profile_runs_end_to_end_writes_metrics_and_skips_done_stages(
     n_train, n_val = len(load_datalist(datalist, "training")), len(load_datalist(datalist, "validation"))
     assert f"Masks used: {n_train} labels (+ {n_val} for validation)." in summary
     assert "=== teacher check before distilling:" in first and "Teacher: best validation Dice" in summary
+    assert "checkpoint was chosen on these validation images, so the figure is optimistic" in summary
     # Same inputs: every training stage is skipped (test_comparison's grid reuses shared stages across methods).
     module.main()
     again = stages(capsys.readouterr().out)
