@@ -10,7 +10,7 @@ from __future__ import annotations
 from common.errors import TskdError
 
 __all__ = ["SettingError", "as_flag", "check_image_size", "check_positive", "check_labels", "check_writable", "check_run_settings",
-           "PATCH"]
+           "PATCH", "LITEMEDSAM_MULTIPLE"]
 
 # The student's ViT-Tiny and SAM's encoder cut the image into 16-pixel patches.
 PATCH = 16
@@ -44,13 +44,19 @@ def _as_int(name: str, value) -> int:
     return number
 
 
-def check_image_size(value, name: str = "image_size") -> int:
-    """A positive multiple of 16 (the patch size), else one ``SettingError``."""
+# What each network needs of the input side, and why.
+LITEMEDSAM_MULTIPLE = (32, "LiteMedSAM's TinyViT encoder downsamples by 32")
+
+
+def check_image_size(value, name: str = "image_size", multiple: int = PATCH,
+                     why: str = "the ViT patch size") -> int:
+    """A positive multiple of ``multiple`` (default 16, the patch size; ``why`` says whose rule it is), else one
+    ``SettingError``."""
     size = _as_int(name, value)
-    if size <= 0 or size % PATCH:
-        lower = max(PATCH, size // PATCH * PATCH)
-        raise SettingError(f"{name} must be a positive multiple of {PATCH} (the ViT patch size), got {value!r}; "
-                           f"use e.g. {lower} or {lower + PATCH}.")
+    if size <= 0 or size % multiple:
+        lower = max(multiple, size // multiple * multiple)
+        raise SettingError(f"{name} must be a positive multiple of {multiple} ({why}), got {value!r}; "
+                           f"use e.g. {lower} or {lower + multiple}.")
     return size
 
 

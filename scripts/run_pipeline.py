@@ -33,7 +33,7 @@ from common.engines import read_training_record
 from common.engines.metrics import format_report
 from common.errors import TskdError, install_excepthook
 from common.models import FPN_PRESETS, checkpoint_num_heads, load_state_file
-from common.settings import check_image_size, check_labels
+from common.settings import LITEMEDSAM_MULTIPLE, check_image_size, check_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -343,6 +343,8 @@ def check_args(args) -> None:
         args.transfer_source = PROFILES[args.profile]["transfer_source"]
     if args.image_size:
         check_image_size(args.image_size, "--image_size")
+        if args.teacher == "litemedsam":  # every run builds the teacher (trained, or to evaluate it)
+            check_image_size(args.image_size, "--image_size", *LITEMEDSAM_MULTIPLE)
     if args.transfer_source == "unlabelled":
         if args.unlabelled_dir and not os.path.isdir(args.unlabelled_dir):
             raise TskdError(f"--unlabelled_dir '{args.unlabelled_dir}' is not a folder.")

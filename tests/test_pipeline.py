@@ -171,6 +171,8 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, m
         "negative labels": (["--labels", "-1"], ["--labels must be 0"]),
         "labels above the split": (["--labels", "999"], ["budget of 999"]),
         "image size": (["--image_size", "100"], ["--image_size", "multiple of 16"]),
+        # x16 suits the student, but LiteMedSAM's encoder downsamples by 32: refused before its stage starts.
+        "image size for the teacher": (["--image_size", "48"], ["--image_size", "multiple of 32", "LiteMedSAM"]),
         "unwritable output": (["--out", str(tmp_path / "a_file" / "run")], ["cannot write", "a_file"]),
         "imagenet_mae without weights": (["--method", "imagenet_mae"], ["--imagenet_mae_checkpoint", "mae-lite"]),
         "num_heads for a 3-head pre-training": (["--num_heads", "12"], ["--num_heads 12 needs --method imagenet_mae"]),

@@ -57,6 +57,13 @@ def test_wrong_or_missing_checkpoints_name_the_file(vit_b_checkpoint, tmp_path):
         build_sam_teacher(str(bad), "vit_b", image_size=256)
 
 
+def test_litemedsam_refuses_a_side_it_cannot_downsample_with_our_error():
+    from common.settings import SettingError
+
+    with pytest.raises(SettingError, match=r"image_size must be a positive multiple of 32 \(LiteMedSAM.*use e.g. 32 or 64"):
+        build_litemedsam_teacher(image_size=48, num_classes=2)
+
+
 @pytest.fixture(scope="module")
 def lite_teacher():
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from common.errors import CheckpointError
 from common.models.checkpoints import TrainableState, check_state_dict, load_state_file
 from common.models.lora import apply_qv_lora, merge_qv_lora
+from common.settings import LITEMEDSAM_MULTIPLE, check_image_size
 
 __all__ = ["SamTeacher", "export_merged_teacher", "build_sam_teacher", "build_litemedsam_teacher", "build_teacher", "fit_sam_state_dict",
            "litemedsam_checkpoint_path", "SAM_VARIANTS"]
@@ -265,8 +266,7 @@ def build_litemedsam_teacher(checkpoint: str | None = None, image_size: int = 25
     Returns:
         The teacher: LoRA, mask decoder and the no-prompt embedding trainable, the rest frozen.
     """
-    if image_size % 32:
-        raise ValueError(f"image_size must be a multiple of 32 for LiteMedSAM, got {image_size}")
+    check_image_size(image_size, "image_size", *LITEMEDSAM_MULTIPLE)
     checkpoint = checkpoint or litemedsam_checkpoint_path()
     what = "LiteMedSAM checkpoint"
     state = load_state_file(checkpoint, what, LITEMEDSAM_HINT)
