@@ -500,7 +500,8 @@ def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
         return []
     lines = [f"Teacher: best validation Dice {teacher:.4f} ({_trained(record)}). Its checkpoint was chosen on these "
              "validation images, so the figure is optimistic; no other labelled image is left to check it on before "
-             "distilling (the test split stays unseen until the end). The summary's test Dice is the unbiased one."]
+             "distilling (the test split stays unseen until the end). The summary's test Dice is the unbiased one.",
+             *still_improving("teacher", record)]
     if teacher < WEAK_TEACHER_DICE:
         lines.append(f"**WARNING: the teacher is weak (validation Dice {teacher:.4f} < {WEAK_TEACHER_DICE}).** "
                      "Distilling its logits teaches its mistakes; train it longer (a larger teacher budget, "
@@ -511,6 +512,7 @@ def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
         if value is None:
             continue
         lines.append(f"Student ({name}): best validation Dice {value:.4f} ({_trained(record)}).")
+        lines += still_improving(f"{name} student", record)
         if value > teacher:
             lines.append(f"**WARNING: the teacher (validation Dice {teacher:.4f}) is weaker than the {name} student "
                          f"({value:.4f}).** Task-specific KD's logit term imitates a teacher worse than the student; "
@@ -538,6 +540,16 @@ def _trained(record: dict) -> str:
     """How a stage trained, from its ``training.json`` record."""
     return (f"{record['steps']} of {record['budget_steps']} steps, best at step {record['best_step']}"
             + (", stopped early" if record.get("stopped_early") else ""))
+
+
+def still_improving(name: str, record: dict) -> list[str]:
+    """A loud line when a stage used its whole budget and its best validation came at the last check: it was
+    stopped by the cap, not by a plateau."""
+    steps, budget = record.get("steps"), record.get("budget_steps")
+    if not budget or steps != budget or record.get("stopped_early") or record.get("best_step") != steps:
+        return []
+    return [f"**WARNING: the {name} was still improving when its budget ran out** (best validation at its last "
+            f"step, {steps}): a larger step budget (--steps, or the bundle's `steps`) would likely make it better."]
 
 
 def run(args) -> None:

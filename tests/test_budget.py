@@ -49,12 +49,23 @@ def test_a_tiny_and_a_larger_set_train_the_same_steps_and_early_stop_ends_the_ru
     assert "ends a finished run; starting a new run" in again and "handlers - INFO - resuming from" not in again
 
 
-def _record(root, best, steps=100):
+def _record(root, best, steps=100, best_step=50):
     os.makedirs(os.path.join(root, "models"), exist_ok=True)
     with open(os.path.join(root, "models", "training.json"), "w") as f:
         json.dump({"steps": steps, "budget_steps": 400, "stopped_early": steps < 400, "best_metric": best,
-                   "best_step": 50, "metric": "val_mean_dice"}, f)
+                   "best_step": best_step, "metric": "val_mean_dice"}, f)
     return str(root)
+
+
+def test_the_summary_says_loudly_when_a_stage_ends_at_its_cap_still_improving(tmp_path):
+    pipeline = load_pipeline()
+    capped = pipeline.teacher_check(_record(tmp_path / "teacher", 0.9, steps=400, best_step=400),
+                                    {"tskd": _record(tmp_path / "tskd", 0.8, steps=400, best_step=375)})
+    text = "\n".join(capped)
+    assert "WARNING: the teacher was still improving when its budget ran out** (best validation at its last step, 400)" in text
+    assert "tskd student was still improving" not in text  # its best came one check before the end
+    plateau = pipeline.teacher_check(_record(tmp_path / "early", 0.9, steps=150, best_step=75), {})
+    assert not any("still improving" in line for line in plateau)
 
 
 def test_the_summary_says_loudly_when_the_teacher_is_weaker_than_a_student(tmp_path):
