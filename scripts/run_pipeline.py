@@ -549,7 +549,8 @@ def still_improving(name: str, record: dict) -> list[str]:
     if not budget or steps != budget or record.get("stopped_early") or record.get("best_step") != steps:
         return []
     return [f"**WARNING: the {name} was still improving when its budget ran out** (best validation at its last "
-            f"step, {steps}): a larger step budget (--steps, or the bundle's `steps`) would likely make it better."]
+            f"step, {steps}): a larger step budget would likely make it better (a bundle's --steps; for "
+            "run_pipeline.py and run_grid.py, the profile's)."]
 
 
 def run(args) -> None:

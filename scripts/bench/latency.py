@@ -7,12 +7,13 @@ At each input size, batch 1, in this process with ``--threads`` threads:
     and ``torch.compile`` (inductor with frozen weights; ``--no-compile`` skips it),
   - SAM ViT-B (encoder + prompt-free decoder; random weights: timing does not depend on them),
   - LiteMedSAM (its shipped weights, LoRA merged),
+  - the DynUNet reference (nnU-Net's 2D plan for the size; eager and TorchScript),
   - a square fp32 matmul, the machine's reference rate,
 each timed as the median of repeated forwards after warm-up, with its FLOPs counted by
 ``torch.utils.flop_counter``. Prints a table, the ratios (SAM ViT-B / student, each runtime / eager) and
 the student's achieved GFLOP/s as a fraction of the matmul rate, and writes them as JSON.
 Targets: student >= 15x faster than SAM ViT-B at 512²; the best student runtime at >= 50 % of the
-matmul rate.
+matmul rate; the student's GFLOP at most 1/5 of the reference's.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def matmul_rate(n: int, min_seconds: float) -> float:
 
 
 def bench_size(size: int, args) -> list[dict]:
-    from common.models import build_litemedsam_teacher, count_gflop, build_vit_fpn, export_onnx, merge_qv_lora, sam_architecture, trace_model
+    from common.models import (build_dynunet, build_litemedsam_teacher, build_vit_fpn, count_gflop, export_onnx,
+                               merge_qv_lora, sam_architecture, trace_model)
 
     rows = []
     x = torch.rand(1, 1, size, size)
@@ -90,6 +92,16 @@ def bench_size(size: int, args) -> list[dict]:
             compiled(x)  # compile outside the timing
             add(f"student ({args.fpn}) torch.compile", compiled, lambda: compiled(x), flops)
 
+    reference = build_dynunet(size, 1, args.num_classes).eval()
+    reference_flops = count_gflop(reference, x)
+    with torch.inference_mode():
+        add("DynUNet reference eager", reference, lambda: reference(x), reference_flops)
+    traced_reference = trace_model(reference, x)
+    with torch.inference_mode():
+        add("DynUNet reference TorchScript", traced_reference, lambda: traced_reference(x), reference_flops)
+
+    if not args.foundation:
+        return rows
     sam = sam_architecture("vit_b", image_size=size, num_classes=args.num_classes).eval()
     with torch.inference_mode():
         add("SAM ViT-B (enc + dec)", sam, lambda: sam(x), count_gflop(sam, x))
@@ -104,10 +116,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fpn", default="light", help="the student's pyramid: light (default) or paper")
+    parser.add_argument("--fpn", default="light", help="the student's pyramid: light (default), paper or skip")
     parser.add_argument("--num_classes", type=int, default=3)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time torch.compile (inductor, frozen weights; needs a C++ compiler)")
+    parser.add_argument("--foundation", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time SAM ViT-B and LiteMedSAM (--no-foundation: the student and the reference only)")
     parser.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
     parser.add_argument("--min_seconds", type=float, default=3.0, help="time each model at least this long")
     parser.add_argument("--out", default="runs/bench/latency.json")
@@ -125,20 +139,29 @@ def main() -> int:
         students = {k: v for k, v in at.items() if k.startswith("student")}
         best_name, best = min(students.items(), key=lambda kv: kv[1]["ms"])
         eager = students[f"student ({args.fpn}) eager"]
-        sam, lite = at["SAM ViT-B (enc + dec)"], at["LiteMedSAM (enc + dec)"]
-        s = {"best_student": best_name, "sam_vit_b_over_student": sam["ms"] / best["ms"],
-             "litemedsam_over_student": lite["ms"] / best["ms"],
-             "student_fraction_of_matmul": best["gflops_per_s"] / rate,
+        reference = min((v for k, v in at.items() if k.startswith("DynUNet")), key=lambda r: r["ms"])
+        s = {"best_student": best_name, "student_fraction_of_matmul": best["gflops_per_s"] / rate,
+             "reference_over_student": reference["ms"] / best["ms"],
+             "reference_gflop_over_student": reference["gflop"] / best["gflop"],
              "runtime_over_eager": {k: v["ms"] / eager["ms"] for k, v in students.items()}}
+        line = (f"DynUNet reference / student {s['reference_over_student']:.1f}x in time, "
+                f"{s['reference_gflop_over_student']:.1f}x in GFLOP")
+        if args.foundation:
+            sam, lite = at["SAM ViT-B (enc + dec)"], at["LiteMedSAM (enc + dec)"]
+            s.update(sam_vit_b_over_student=sam["ms"] / best["ms"], litemedsam_over_student=lite["ms"] / best["ms"])
+            line += (f", SAM ViT-B / student {s['sam_vit_b_over_student']:.1f}x, LiteMedSAM / student "
+                     f"{s['litemedsam_over_student']:.1f}x")
         summary[str(size)] = s
-        print(f"  {size}²: SAM ViT-B / student {s['sam_vit_b_over_student']:.1f}x, LiteMedSAM / student "
-              f"{s['litemedsam_over_student']:.1f}x (best student: {best_name}); student at "
+        print(f"  {size}²: {line} (best student: {best_name}); student at "
               f"{100 * s['student_fraction_of_matmul']:.0f} % of the matmul rate; runtime / eager: "
               + ", ".join(f"{k.split(') ')[1]} {v:.2f}" for k, v in s["runtime_over_eager"].items()))
     big = str(max(args.sizes))
-    targets = {f"student >= 15x faster than SAM ViT-B at {big}²": summary[big]["sam_vit_b_over_student"] >= 15,
-               "best student runtime >= 50 % of the matmul rate": all(s["student_fraction_of_matmul"] >= 0.5
-                                                                       for s in summary.values())}
+    targets = {"best student runtime >= 50 % of the matmul rate": all(s["student_fraction_of_matmul"] >= 0.5
+                                                                       for s in summary.values()),
+               "student GFLOP <= 1/5 of the DynUNet reference's at every size": all(
+                   s["reference_gflop_over_student"] >= 5 for s in summary.values())}
+    if args.foundation:
+        targets[f"student >= 15x faster than SAM ViT-B at {big}²"] = summary[big]["sam_vit_b_over_student"] >= 15
     print("\ntargets")
     for name, met in targets.items():
         print(f"  {'met    ' if met else 'NOT met'}  {name}")
