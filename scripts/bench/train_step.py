@@ -1,0 +1,136 @@
+"""What makes a training step of the student cheaper on this machine, measured in one run.
+
+    python scripts/bench/train_step.py --image_size 128 --batch_size 6 --threads 2
+
+One optimiser step (forward, 0.2 CE + 0.8 Dice, backward, AdamW) of the student on random images, for each
+variant below, each in its own process with the threads pinned; the median over ``--steps`` steps after
+``--warmup`` steps. Prints milliseconds per step and per image, and each variant's ratio to the plain fp32
+step of the same pyramid:
+  - ``fp32``: the bundles' step today;
+  - ``channels_last``: model and batch in NHWC memory format;
+  - ``bf16``: ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss;
+  - ``compile``: ``torch.compile`` of the model (the compile time is reported apart, not in the median);
+  - ``batch x2``: twice the batch (compare per image: more steps for the same time only if it is lower).
+Also the DynUNet reference's fp32 step, for scale. Writes ``--out`` (JSON) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = ("fp32", "channels_last", "bf16", "compile", "batch x2")
+
+
+def _step_times(network: str, variant: str, size: int, batch: int, steps: int, warmup: int) -> dict:
+    import torch
+    from monai.losses import DiceCELoss
+
+    from common.models import build_dynunet, build_vit_fpn
+
+    torch.manual_seed(0)
+    if network == "reference":
+        model = build_dynunet(size, 1, 3)
+    else:
+        model = build_vit_fpn(image_size=size, in_channels=1, num_classes=3, fpn=network)
+    model.train()
+    batch = batch * 2 if variant == "batch x2" else batch
+    x = torch.rand(batch, 1, size, size)
+    y = torch.randint(0, 3, (batch, 1, size, size)).float()
+    if variant == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.2, lambda_dice=0.8)
+    if network == "reference":
+        from common.losses import DeepSupervised
+
+        loss_fn = DeepSupervised(loss_fn)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = model
+    compile_seconds = None
+    if variant == "compile":
+        start = time.perf_counter()
+        forward = torch.compile(model)
+        optimizer.zero_grad()
+        loss_fn(forward(x), y).backward()  # the compilation happens here
+        compile_seconds = time.perf_counter() - start
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        if variant == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn(forward(x).float(), y)
+        else:
+            loss = loss_fn(forward(x), y)
+        loss.backward()
+        optimizer.step()
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"network": network, "variant": variant, "batch": batch, "ms_per_step": 1000 * median,
+            "ms_per_image": 1000 * median / batch, "compile_seconds": compile_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=6, help="the student bundle's batch (6)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--networks", default="light,skip", help="student pyramids to measure")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", default="")
+    parser.add_argument("--_one", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        network, variant = args._one.split(":")
+        print(json.dumps(_step_times(network, variant, args.image_size, args.batch_size, args.steps, args.warmup)))
+        return
+    jobs = [(n, v) for n in args.networks.split(",") for v in args.variants.split(",")] + [("reference", "fp32")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    rows = []
+    for network, variant in jobs:
+        command = [sys.executable, __file__, "--_one", f"{network}:{variant}", "--image_size", str(args.image_size),
+                   "--batch_size", str(args.batch_size), "--threads", str(args.threads), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup)]
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            rows.append({"network": network, "variant": variant, "error": result.stderr.strip().splitlines()[-1]})
+        else:
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    print(f"\nOne training step at {args.image_size}², {args.threads} threads, median of {args.steps} steps:")
+    print("| network | variant | batch | ms / step | ms / image | per image vs fp32 |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['network']} | {row['variant']} | - | failed: {row['error'][:80]} | | |")
+            continue
+        base = next((r for r in rows if r["network"] == row["network"] and r["variant"] == "fp32" and "error" not in r),
+                    None)
+        ratio = row["ms_per_image"] / base["ms_per_image"] if base else float("nan")
+        extra = f" (compile {row['compile_seconds']:.0f} s)" if row.get("compile_seconds") else ""
+        print(f"| {row['network']} | {row['variant']}{extra} | {row['batch']} | {row['ms_per_step']:.0f} | "
+              f"{row['ms_per_image']:.1f} | {ratio:.2f}x |")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"image_size": args.image_size, "threads": args.threads, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
