@@ -7,8 +7,9 @@ Every cell (method x label budget x transfer-set size x seed) runs the stages of
 the same bundles. What a cell shares with others is trained once: the teacher per label budget, the transfer
 set (and its generator) per label budget and size, the teacher cache and the pre-trained encoder per method,
 label budget and size. Seeds vary the fine-tuning (data order, augmentation, and the head's initialisation
-except TS-KD's, which its pre-training trains); the teacher and the pre-training use ``--seed``. A DynUNet with nnU-Net's 2D plan (the ``<dataset>_reference``
-bundle) is trained on the same labels with the student's step budget as the reference row.
+except TS-KD's, which its pre-training trains); the teacher and the pre-training use ``--seed``. A DynUNet trained with
+nnU-Net's 2D recipe (the ``<dataset>_reference`` bundle) on the same labels with the student's step budget is the
+reference row.
 
 A finished cell is recorded in ``OUT/cells/`` and skipped when the grid is run again (after a crash or
 Ctrl-C the grid continues where it stopped); a failed cell is recorded with its error and the grid goes on.
