@@ -12,7 +12,7 @@ import os
 import sys
 from types import TracebackType
 
-__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook", "first_line"]
+__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook", "first_line", "find_tskd_error"]
 
 # DataLoader workers re-raise errors in the main process by message only, so the marker also lets the
 # hook recognise an error whose class was lost on the way.
@@ -44,17 +44,25 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
-def _find_tskd_message(exc: BaseException | None) -> str | None:
+def find_tskd_error(exc: BaseException | None) -> TskdError | None:
+    """The ``TskdError`` an exception was raised from, however deeply chained (e.g. inside MONAI's "Failed to
+    instantiate component" wrapper), or a new one carrying the message of an error whose class was lost on the
+    way (a DataLoader worker's); None when the error is not ours."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, TskdError):
-            return exc.message or type(exc).__name__
+            return exc
         text = str(exc)
         if MARKER in text:
-            return text.split(MARKER, 1)[1].strip() or type(exc).__name__
+            return TskdError(text.split(MARKER, 1)[1].strip() or type(exc).__name__)
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _find_tskd_message(exc: BaseException | None) -> str | None:
+    error = find_tskd_error(exc)
+    return None if error is None else error.message or type(error).__name__
 
 
 def install_excepthook() -> None:

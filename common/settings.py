@@ -78,16 +78,9 @@ def check_labels(value, name: str = "labels") -> int:
 
 def check_writable(folder: str, name: str = "bundle_root") -> str:
     """Create ``folder`` if needed and check a file can be written in it, else one ``SettingError``."""
-    import os
+    from common.provenance import check_writable as writable
 
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".tskd-write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise SettingError(f"cannot write to {name} '{folder}' ({e.strerror or type(e).__name__}); choose a folder "
-                           f"you can write to with --{name}.") from None
+    writable(folder, f"--{name}", SettingError, what=name)
     return folder
 
 

@@ -21,16 +21,6 @@ def demo_small(tmp_path_factory):
     return out
 
 
-def load_pipeline():
-    """``scripts/run_pipeline.py`` as a module (scripts are not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_pipeline", os.path.join(ROOT, "scripts", "run_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def skip_or_fail(reason: str) -> None:
     """Skip a test that cannot run here; under CI=true that is a failure (a missing input must not pass)."""
     import pytest

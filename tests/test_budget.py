@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT, load_pipeline
+from conftest import ROOT
+
+from common.pipeline import profiles as pipeline_profiles
+from common.pipeline import report as pipeline_report
 from common.engines import budget_epochs, read_training_record
 
 
@@ -58,41 +61,38 @@ def _record(root, best, steps=100, best_step=50):
 
 
 def test_the_summary_says_loudly_when_a_stage_ends_at_its_cap_still_improving(tmp_path):
-    pipeline = load_pipeline()
-    capped = pipeline.teacher_check(_record(tmp_path / "teacher", 0.9, steps=400, best_step=400),
+    capped = pipeline_report.teacher_check(_record(tmp_path / "teacher", 0.9, steps=400, best_step=400),
                                     {"tskd": _record(tmp_path / "tskd", 0.8, steps=400, best_step=375)})
     text = "\n".join(capped)
     assert "WARNING: the teacher was still improving when its budget ran out** (best validation at its last step, 400)" in text
     assert "tskd student was still improving" not in text  # its best came one check before the end
-    plateau = pipeline.teacher_check(_record(tmp_path / "early", 0.9, steps=150, best_step=75), {})
+    plateau = pipeline_report.teacher_check(_record(tmp_path / "early", 0.9, steps=150, best_step=75), {})
     assert not any("still improving" in line for line in plateau)
 
 
 def test_the_summary_says_loudly_when_the_teacher_is_weaker_than_a_student(tmp_path):
-    pipeline = load_pipeline()
     teacher = _record(tmp_path / "teacher", 0.27, steps=30)
-    lines = pipeline.teacher_check(teacher, {"scratch": _record(tmp_path / "scratch", 0.84),
+    lines = pipeline_report.teacher_check(teacher, {"scratch": _record(tmp_path / "scratch", 0.84),
                                              "tskd": _record(tmp_path / "tskd", 0.20)})
     text = "\n".join(lines)
     assert "best validation Dice 0.2700 (30 of 400 steps, best at step 50, stopped early)" in text
     assert "WARNING: the teacher is weak (validation Dice 0.2700 < 0.5)" in text
     assert "WARNING: the teacher (validation Dice 0.2700) is weaker than the scratch student (0.8400)" in text
     assert "weaker than the tskd student" not in text  # the TS-KD student is below the teacher here
-    strong = pipeline.teacher_check(_record(tmp_path / "good", 0.9), {"scratch": str(tmp_path / "scratch")})
+    strong = pipeline_report.teacher_check(_record(tmp_path / "good", 0.9), {"scratch": str(tmp_path / "scratch")})
     assert not any("WARNING" in line for line in strong) and len(strong) == 2
-    assert pipeline.teacher_check(str(tmp_path / "never_trained"), {}) == []
+    assert pipeline_report.teacher_check(str(tmp_path / "never_trained"), {}) == []
 
 
 @pytest.mark.parametrize("profile", ["quick", "smoke"])
 def test_profiles_size_every_segmentation_stage_in_steps(profile):
-    pipeline = load_pipeline()
     for stage in ("teacher", "student"):
-        budget = pipeline.stage_budget(pipeline.PROFILES[profile], stage)
+        budget = pipeline_profiles.stage_budget(pipeline_profiles.PROFILES[profile], stage)
         assert budget["steps"] > 0 and budget["epoch_length"] > 0 and "epochs" not in budget
-    for method in pipeline.PRETRAIN_BATCH:
-        budget = pipeline.pretrain_recipe(pipeline.PROFILES[profile], method)
+    for method in pipeline_profiles.PRETRAIN_BATCH:
+        budget = pipeline_profiles.pretrain_recipe(pipeline_profiles.PROFILES[profile], method)
         assert budget["steps"] > 0 and budget["epoch_length"] > 0 and "epochs" not in budget
-    assert pipeline.stage_budget(pipeline.PROFILES["paper"], "teacher") == {
+    assert pipeline_profiles.stage_budget(pipeline_profiles.PROFILES["paper"], "teacher") == {
         "epochs": 160, "learning_rate": 0.005, "lr_schedule": "poly"}
 
 
@@ -100,11 +100,10 @@ def test_each_pretraining_method_gets_its_own_recipe_batch_and_the_same_images()
     """MAE trains at its batch of 64 and MoCo v3 at 32 (paper, and their own recipes); the quick profile scales
     only the distillations' 48 down, and every method sees the same number of transfer images (the paper's
     equal epochs), so a larger batch takes fewer steps."""
-    pipeline = load_pipeline()
-    paper = {m: pipeline.pretrain_recipe(pipeline.PROFILES["paper"], m) for m in pipeline.PRETRAIN_BATCH}
+    paper = {m: pipeline_profiles.pretrain_recipe(pipeline_profiles.PROFILES["paper"], m) for m in pipeline_profiles.PRETRAIN_BATCH}
     assert {m: r["batch_size"] for m, r in paper.items()} == {"tskd": 48, "takd": 48, "mae": 64, "mocov3": 32}
     assert all(r == {"batch_size": r["batch_size"], "epochs": 1600} for r in paper.values())
-    quick = {m: pipeline.pretrain_recipe(pipeline.PROFILES["quick"], m) for m in pipeline.PRETRAIN_BATCH}
+    quick = {m: pipeline_profiles.pretrain_recipe(pipeline_profiles.PROFILES["quick"], m) for m in pipeline_profiles.PRETRAIN_BATCH}
     assert {m: r["batch_size"] for m, r in quick.items()} == {"tskd": 16, "takd": 16, "mae": 64, "mocov3": 32}
     assert {m: r["steps"] for m, r in quick.items()} == {"tskd": 250, "takd": 250, "mae": 63, "mocov3": 125}
 
@@ -186,16 +185,11 @@ def test_the_teachers_poly_schedule_warms_up_then_decays_as_samed():
 
 
 def test_a_given_teacher_is_checked_from_its_own_bundle_or_said_to_be_unchecked(tmp_path):
-    from argparse import Namespace
-
-    pipeline = load_pipeline()
     given = _record(tmp_path / "their_teacher", 0.81)
-    args = Namespace(teacher_checkpoint=os.path.join(given, "models", "model.pt"))
-    root = pipeline.teacher_record_root(args, str(tmp_path / "run" / "teacher"))
-    assert root == given and "best validation Dice 0.8100" in pipeline.teacher_check(root, {})[0]
-    lonely = Namespace(teacher_checkpoint=str(tmp_path / "teacher.pt"))
-    assert pipeline.teacher_check(pipeline.teacher_record_root(lonely, ""), {}) == []
+    root = pipeline_report.teacher_record_root(os.path.join(given, "models", "model.pt"), str(tmp_path / "run" / "teacher"))
+    assert root == given and "best validation Dice 0.8100" in pipeline_report.teacher_check(root, {})[0]
+    lonely = str(tmp_path / "teacher.pt")
+    assert pipeline_report.teacher_check(pipeline_report.teacher_record_root(lonely, ""), {}) == []
     assert "**The teacher was not checked: '" + str(tmp_path / "teacher.pt") + "' (--teacher_checkpoint) has no " \
-        "training record" in pipeline.no_teacher_record(lonely)
-    trained_here = Namespace(teacher_checkpoint="")
-    assert pipeline.teacher_record_root(trained_here, "out/teacher") == "out/teacher"
+        "training record" in pipeline_report.no_teacher_record(lonely)
+    assert pipeline_report.teacher_record_root("", "out/teacher") == "out/teacher"

@@ -13,7 +13,6 @@ from conftest import ROOT
 from common.comparison import (compare_methods, holm, image_scores, mutual_information, paired_test, smallest_p,
                                write_results, write_tables)
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def test_mutual_information_on_hand_computed_cases():
@@ -100,32 +99,35 @@ def test_tables_mark_the_best_student_and_say_whether_a_difference_is_real(tmp_p
 
 
 def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo_small, tmp_path, monkeypatch):
-    import run_grid
+    from common.pipeline import cli
+    from common.pipeline import stages
+    from common.pipeline.grid import cells as grid_cells
 
     out = tmp_path / "grid"
     argv = ["--data_dir", demo_small, "--profile", "smoke", "--image_size", "64", "--methods", "tskd",
             "--labels", "3", "--seeds", "2", "--lora_ranks", "none", "--out", str(out), "--qualitative", "2",
             "--transfer_source", "augment"]
-    real_evaluate, calls = run_grid.rp.evaluate_bundle, []
+    real_evaluate, calls = grid_cells.evaluate_bundle, []
 
-    def interrupted(dataset, stage, root, overrides):
+    def interrupted(dataset, stage, root, overrides, isolate=False):
         calls.append(root)
         if "tskd_labels3_transfer8_seed1235" in root:
             raise KeyboardInterrupt  # Ctrl-C while the last cell evaluates
         if "labels3_seed1235" in root and "reference" in root:
             sys.exit("stage failed (exit 1): python -m monai.bundle run ...")  # a failing stage
-        return real_evaluate(dataset, stage, root, overrides)
+        return real_evaluate(dataset, stage, root, overrides, isolate)
 
-    monkeypatch.setattr(run_grid.rp, "evaluate_bundle", interrupted)
+    monkeypatch.setattr(grid_cells, "evaluate_bundle", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_grid.main(argv)
+        cli.grid_main(argv)
     cells = sorted(os.listdir(out / "cells"))
     assert "dynunet_labels3_seed1235.json" in cells and "tskd_labels3_transfer8_seed1235.json" not in cells
-    monkeypatch.setattr(run_grid.rp, "evaluate_bundle", real_evaluate)
+    monkeypatch.setattr(grid_cells, "evaluate_bundle", real_evaluate)
     trained = []
-    real_train = run_grid.rp.train_bundle
-    monkeypatch.setattr(run_grid.rp, "train_bundle", lambda *a, **k: trained.append(a[2]) or real_train(*a, **k))
-    run_grid.main(argv)
+    real_train = stages.train_bundle
+    for module in (grid_cells, stages):  # the reference cell's stage, and the shared stages of the others
+        monkeypatch.setattr(module, "train_bundle", lambda *a, **k: trained.append(a[2]) or real_train(*a, **k))
+    cli.grid_main(argv)
     # Finished cells are not run again; the failed one and the interrupted one are.
     assert not any("seed1234" in root for root in trained)
     assert any("reference/labels3_seed1235" in root for root in trained)
@@ -145,7 +147,7 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
         assert (out / png).stat().st_size > 5000
     # Another transfer source in the same folder would mix its cells with these: one clear error.
     with pytest.raises(SystemExit) as refused:
-        run_grid.main([*argv[:-2], "--transfer_source", "unlabelled"])
+        cli.grid_main([*argv[:-2], "--transfer_source", "unlabelled"])
     assert "--transfer_source 'augment' there, 'unlabelled' now" in str(refused.value.code)
     import mlflow
 

@@ -1,7 +1,6 @@
-"""scripts/export_bundle.py: a zoo bundle that runs outside this repository, without tskd importable, and
+"""tskd-export (scripts/export_bundle.py): a zoo bundle that runs outside this repository, without tskd importable, and
 predicts what the bundle predicts here; its metadata passes the zoo schema and verify_net_in_out."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -27,10 +26,9 @@ runpy.run_module("monai.bundle", run_name="__main__")
 
 
 def _export_module():
-    spec = importlib.util.spec_from_file_location("export_bundle", os.path.join(ROOT, "scripts", "export_bundle.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from common.pipeline import export
+
+    return export
 
 
 def _isolated(bundle_dir, *args):
@@ -41,7 +39,7 @@ def _isolated(bundle_dir, *args):
 def exported(trained_demo_student, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     weights = os.path.join(trained_demo_student["run"], "models", "model.pt")
-    # scripts/export_bundle.py's main() calls exactly this.
+    # tskd-export (common.pipeline.cli.export_main) calls exactly this.
     _export_module().export_bundle("demo_student", weights, str(out), version="0.2.0", changelog="test export")
     return out / "demo_student"
 

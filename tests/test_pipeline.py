@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, load_pipeline
+from conftest import ROOT
+
+from common.pipeline import cli, config as pipeline_config, profiles, report, stages
 
 
 def pipeline(*args):
@@ -17,16 +19,16 @@ def pipeline(*args):
     return result.stdout
 
 
-def stages(output):
+def stage_lines(output):
     """The pipeline's own stage lines (the bundles' logs are interleaved on stdout)."""
     return [line for line in output.splitlines() if line.startswith("=== ")]
 
 
-def paper_profile_scaled(module) -> dict:
+def paper_profile_scaled() -> dict:
     """``--profile paper`` with every setting kept but its epochs (one per stage) and set sizes (4 images)."""
     import copy
 
-    paper = module.PROFILES["paper"]
+    paper = profiles.PROFILES["paper"]
     scaled = copy.deepcopy(paper)
     for stage in ("teacher", "pretrain", "student", "synth"):
         scaled[stage]["epochs"] = 1
@@ -49,13 +51,10 @@ def test_the_paper_profile_runs_end_to_end_writes_metrics_and_skips_done_stages(
     from common.data import load_datalist
     from common.engines import read_recipe
 
-    module = load_pipeline()
-    monkeypatch.setitem(module.PROFILES, "paper", paper_profile_scaled(module))
+    monkeypatch.setitem(profiles.PROFILES, "paper", paper_profile_scaled())
     out = tmp_path / "run"
-    argv = ["run_pipeline.py", "--profile", "paper", "--data_dir", demo_small, "--image_size", "64", "--out", str(out),
-            "--method", "tskd"]
-    monkeypatch.setattr("sys.argv", argv)
-    module.main()
+    argv = ["--profile", "paper", "--data_dir", demo_small, "--image_size", "64", "--out", str(out), "--method", "tskd"]
+    cli.run_main(argv)
     first = capsys.readouterr().out
     for stage in ("teacher: training", "augmented set", "synth: training", "synthetic transfer set: sampling",
                   "pretrain: training", "student: training"):
@@ -91,25 +90,24 @@ def test_the_paper_profile_runs_end_to_end_writes_metrics_and_skips_done_stages(
     assert "=== teacher check before distilling:" in first and "Teacher: best validation Dice" in summary
     assert "checkpoint was chosen on these validation images, so the figure is optimistic" in summary
     # Same inputs: every training stage is skipped (test_comparison's grid reuses shared stages across methods).
-    module.main()
-    again = stages(capsys.readouterr().out)
+    cli.run_main(argv)
+    again = stage_lines(capsys.readouterr().out)
     assert not any(": training (" in line for line in again)
     assert sum("already trained" in line for line in again) == 4  # teacher, synth, pretrain, student
 
 
 def test_transfer_report_states_source_and_quality(tmp_path):
-    pipeline_module = load_pipeline()
     folder = tmp_path / "synthetic"
     folder.mkdir()
     (folder / "datalist.json").write_text(json.dumps({"manifest": {"steps": 20}, "training": [{"image": "s0.nii.gz"}] * 3}))
-    assert "quality is unknown" in pipeline_module.transfer_report("synth", str(folder))[-1]
-    for psnr, loud in ((pipeline_module.LOW_SYNTH_PSNR + 3, False), (pipeline_module.LOW_SYNTH_PSNR - 0.5, True)):
+    assert "quality is unknown" in report.transfer_report("synth", str(folder))[-1]
+    for psnr, loud in ((report.LOW_SYNTH_PSNR + 3, False), (report.LOW_SYNTH_PSNR - 0.5, True)):
         (folder / "quality.json").write_text(json.dumps({"mean_psnr": psnr, "mean_mse": 50.0, "near_copies": [1]}))
-        lines = pipeline_module.transfer_report("synth", str(folder))
+        lines = report.transfer_report("synth", str(folder))
         assert lines[0].startswith("Transfer set: 3 synthetic images") and f"mean PSNR {psnr:.2f} dB" in lines[1]
         assert "near-copies (PSNR > 40 dB): 1" in lines[1]
         assert any("WARNING" in line for line in lines) == loud
-    assert "affine views" in pipeline_module.transfer_report("augment", str(folder))[0]
+    assert "affine views" in report.transfer_report("augment", str(folder))[0]
 
 
 def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
@@ -132,34 +130,33 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
 def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monkeypatch):
     """Another run (e.g. another seed, killed after it rewrote the weights) must not leave this run's
     ``done.json`` pointing at foreign weights: the stage is trained again, not skipped."""
-    pipeline_module = load_pipeline()
     calls = []
 
-    def fake_training(args):  # what a bundle run leaves behind: its weights
-        root = args[args.index("--bundle_root") + 1]
+    def fake_training(dataset, stage, configs, root, overrides, isolate=False):  # what a bundle run leaves: weights
+        args = overrides
         os.makedirs(os.path.join(root, "models"), exist_ok=True)
         with open(os.path.join(root, "models", "model.pt"), "wb") as f:
             f.write(f"weights of run {len(calls)}".encode())
         calls.append(args)
 
-    monkeypatch.setattr(pipeline_module, "_call", fake_training)
+    monkeypatch.setattr(stages, "run_bundle", fake_training)
     root = str(tmp_path / "teacher")
-    first = pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
-    assert pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1}) == first
+    first = stages.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
+    assert stages.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1}) == first
     assert len(calls) == 1  # skipped: same settings, same weights
     # Another seed starts in the same folder: done.json goes before it writes anything.
-    monkeypatch.setattr(pipeline_module, "_call", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(stages, "run_bundle", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1, "epochs": 1})
+        stages.train_bundle("demo", "teacher", root, {"seed": 1, "epochs": 1})
     except KeyboardInterrupt:
         pass
     assert not os.path.exists(os.path.join(root, "done.json"))
-    monkeypatch.setattr(pipeline_module, "_call", fake_training)
-    again = pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
+    monkeypatch.setattr(stages, "run_bundle", fake_training)
+    again = stages.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
     assert len(calls) == 2 and again != first  # trained again; the stamp follows the new weights
     with open(os.path.join(root, "models", "model.pt"), "wb") as f:
         f.write(b"overwritten by hand")
-    pipeline_module.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
+    stages.train_bundle("demo", "teacher", root, {"seed": 1234, "epochs": 1})
     assert len(calls) == 3  # done.json names other weights than those on disk
 
 
@@ -191,13 +188,11 @@ def test_run_level_settings_are_checked_before_any_stage(demo_small, tmp_path, m
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "scan.png").write_bytes(b"not a png")
-    module = load_pipeline()
     failures = []
     for name, (args, fragments) in cases.items():
         out = ["--out", str(tmp_path / "run")] if "--out" not in args else []
-        monkeypatch.setattr("sys.argv", ["run_pipeline.py", "--profile", "smoke", "--data_dir", demo_small, *out, *args])
         with pytest.raises(SystemExit) as stopped:  # any other exception fails the test: it would be a traceback
-            module.main()
+            cli.run_main(["--profile", "smoke", "--data_dir", demo_small, *out, *args])
         message = str(stopped.value.code)
         if not message.startswith("run_pipeline:") or "\n" in message:
             failures.append(f"{name}: not one line: {message!r}")
@@ -221,13 +216,12 @@ def test_imagenet_mae_head_count_is_recorded_or_given(tmp_path):
 
     from common.errors import TskdError
 
-    module = load_pipeline()
     weights = {"blocks.0.attn.qkv.weight": torch.zeros(576, 192)}
     torch.save({"model": weights, "args": {"num_heads": 12}}, tmp_path / "recorded.pth")
     torch.save(weights, tmp_path / "bare.pth")
-    assert module.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 0) == 12
-    assert module.imagenet_mae_heads(str(tmp_path / "bare.pth"), 12) == 12
+    assert pipeline_config.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 0) == 12
+    assert pipeline_config.imagenet_mae_heads(str(tmp_path / "bare.pth"), 12) == 12
     with pytest.raises(TskdError, match="give --num_heads"):
-        module.imagenet_mae_heads(str(tmp_path / "bare.pth"), 0)
+        pipeline_config.imagenet_mae_heads(str(tmp_path / "bare.pth"), 0)
     with pytest.raises(TskdError, match="records 12 attention heads, but --num_heads is 3"):
-        module.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 3)
+        pipeline_config.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 3)

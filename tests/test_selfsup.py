@@ -135,11 +135,10 @@ def test_the_pipeline_trains_each_baseline_with_its_own_recipe(method, tmp_path,
 
     from common.data import make_transfer_set
     from common.engines import read_recipe
-    from conftest import load_pipeline
+    from common.pipeline import profiles
 
-    pipeline = load_pipeline()
     make_transfer_set(os.path.join(demo_small, "datalist.json"), str(tmp_path / "transfer"), size=32, seed=0)
-    recipe = pipeline.pretrain_recipe(pipeline.PROFILES["quick"], method)
+    recipe = profiles.pretrain_recipe(profiles.PROFILES["quick"], method)
     configs = os.path.join(ROOT, "bundles", "demo_pretrain", "configs")
     parser = ConfigParser()
     parser.read_config([os.path.join(configs, "train.json"), os.path.join(configs, f"{method}.json")])

@@ -6,7 +6,9 @@ from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler
                                     PhysicalHausdorffDistanceMetric, format_report, summarise_metric_details)
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer, optimisation_step
 from common.engines.selfsup_trainer import SelfSupervisedTrainer
-from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, file_digest, kd_dataset, module_digest
+from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, kd_dataset
+from common.provenance import file_sha256 as file_digest
+from common.provenance import module_digest
 from common.engines.distributed import (barrier, check_ranks_agree, finish_distributed, init_distributed, is_rank0,
                                         local_device, wrap_ddp)
 from common.engines.schedules import LR_SCHEDULES, warmup_schedule

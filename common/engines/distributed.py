@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from common.errors import TskdError
+from common.provenance import module_digest, tensor_bytes
 
 __all__ = ["init_distributed", "local_device", "wrap_ddp", "is_rank0", "barrier", "check_ranks_agree",
            "finish_distributed"]
@@ -99,8 +100,6 @@ def check_ranks_agree(model: nn.Module, out_dir: str) -> list[str]:
     Returns:
         The digests, one per rank.
     """
-    from common.engines.teacher_cache import module_digest, tensor_bytes
-
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     digest = module_digest(model)
     digests = [digest]

@@ -31,30 +31,16 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from common.data.io import file_sha256 as file_digest
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS
 from common.engines.distributed import barrier, is_rank0
 from common.errors import TskdError
+from common.provenance import file_sha256 as file_digest
+from common.provenance import FolderLock, module_digest, write_json
 
-__all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset", "module_digest", "tensor_bytes", "file_digest"]
+__all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset"]
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-
-
-def module_digest(module: nn.Module) -> str:
-    """sha256 of a module's state (names, shapes and values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor_bytes(tensor))
-    return h.hexdigest()
-
-
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """A tensor's raw values (on the CPU, contiguous), for hashing."""
-    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 class TeacherCache:
@@ -87,7 +73,9 @@ class TeacherCache:
                                 f"({self._why_stale()}); see rank 0's log.")
             return
         try:
-            self._check_or_build(teacher, image_size, batch_size, on_stale, device)
+            # One builder at a time: two runs distilling into the same folder never interleave writes.
+            with FolderLock(cache_dir, wait=True, what="the teacher cache", lock_file=cache_dir.rstrip("/") + ".lock"):
+                self._check_or_build(teacher, image_size, batch_size, on_stale, device)
         finally:
             barrier()
 
@@ -165,8 +153,7 @@ class TeacherCache:
                     "dtype": "float16",
                     "logits_shape": list(logits_mm.shape), "hidden_shape": list(hidden_mm.shape)}
         del logits_mm, hidden_mm
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1)
+        write_json(os.path.join(tmp, MANIFEST), manifest)
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         os.replace(tmp, self.cache_dir)  # the manifest appears only with complete arrays
         logger.info(f"teacher cache written: {self.cache_dir} ({len(self.files)} images)")
