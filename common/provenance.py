@@ -21,7 +21,8 @@ from typing import Any
 
 from common.errors import TskdError
 
-__all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "file_sha256", "module_digest", "read_json",
+__all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "hidden_lock", "file_sha256", "module_digest",
+           "read_json",
            "tensor_bytes", "write_json", "check_writable"]
 
 
@@ -87,6 +88,12 @@ def check_writable(folder: str, flag: str = "--out", error: type[TskdError] = Ts
         raise error(f"cannot write to {what + ' ' if what else ''}'{folder}' ({e.strerror or type(e).__name__}); choose a folder you can write "
                     f"to with {flag}.") from None
     return folder
+
+
+def hidden_lock(folder: str) -> str:
+    """The lock file of a folder that is replaced as a whole: ``.<name>.lock`` beside it."""
+    parent, name = os.path.split(os.path.abspath(folder).rstrip("/"))
+    return os.path.join(parent, f".{name}.lock")
 
 
 class LockedError(TskdError):
@@ -205,5 +212,6 @@ class Artifact:
         return content_key({"artifact": self.key, "digests": self.record().get("digests", {})})
 
     def lock(self, wait: bool = True) -> FolderLock:
-        """The lock of this artefact (a file beside its folder, which a build may replace as a whole)."""
-        return FolderLock(self.folder, wait=wait, what="the folder", lock_file=self.folder.rstrip("/") + ".lock")
+        """The lock of this artefact: a hidden file beside its folder (``.<name>.lock``; a build may replace the
+        folder as a whole)."""
+        return FolderLock(self.folder, wait=wait, what="the folder", lock_file=hidden_lock(self.folder))

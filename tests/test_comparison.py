@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from common.comparison import (compare_methods, holm, image_scores, mutual_information, paired_test, smallest_p,
                                write_results, write_tables)
 
@@ -155,3 +154,37 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     runs = mlflow.search_runs(experiment_names=["tskd-grid-demo"])
     assert len(runs) >= 5 and {"tskd", "dynunet", "teacher"} <= set(runs["tags.method"])
     assert "metrics.mean_dice" in runs.columns and "metrics.dice_grey_matter" in runs.columns
+
+
+def test_a_grid_on_two_worker_processes_builds_each_shared_stage_once(demo_small, tmp_path, capfd):
+    """``--workers 2``: cells run in two processes; the teacher is built first, the TS-KD pre-training that two
+    seeds share is trained by one worker while the other waits for its lock; every cell is recorded here."""
+    from common.pipeline import cli
+
+    out = tmp_path / "grid"
+    cli.grid_main(["--data_dir", demo_small, "--profile", "smoke", "--image_size", "64", "--methods", "scratch,tskd",
+                   "--labels", "3", "--seeds", "2", "--lora_ranks", "none", "--qualitative", "0", "--tracking", "none",
+                   "--transfer_source", "augment", "--workers", "2", "--out", str(out)])
+    printed = capfd.readouterr().out
+    assert "cells on 2 local workers" in printed
+    assert printed.count("=== pretrain: training") == 1 and printed.count("=== teacher: training") == 1
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
+        [("teacher", "1234")] + [(m, s) for m in ("dynunet", "scratch", "tskd") for s in ("1234", "1235")])
+    assert all(r["status"] == "done" and 0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
+
+
+def test_a_grid_on_ray_in_local_mode_records_every_cell(demo_small, tmp_path):
+    """``--executor ray`` without an address: Ray's local mode on 2 CPUs runs the cells, this process records
+    them; the same cells as a serial grid."""
+    from common.pipeline import cli
+
+    out = tmp_path / "grid"
+    cli.grid_main(["--data_dir", demo_small, "--profile", "smoke", "--image_size", "64", "--methods", "scratch",
+                   "--labels", "3", "--seeds", "2", "--lora_ranks", "none", "--qualitative", "0", "--tracking", "none",
+                   "--no_reference", "--executor", "ray", "--workers", "2", "--out", str(out)])
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["seed"], r["status"]) for r in rows) == [
+        ("scratch", "1234", "done"), ("scratch", "1235", "done"), ("teacher", "1234", "done")]

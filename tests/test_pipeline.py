@@ -74,11 +74,11 @@ def test_the_paper_profile_runs_end_to_end_writes_metrics_and_skips_done_stages(
         str(out / "synth" / synthetic[0]))
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics) == {"teacher", "student"}
-    for report in metrics.values():
-        assert {"mean_dice", "mean_hd95", "mean_iou", "per_class"} <= set(report)
-        assert set(report["per_class"]) == {"grey_matter", "white_matter"}
-        assert set(report["per_class"]["grey_matter"]) == {"dice", "hd95", "iou", "images"}
-        assert report["hd95_unit"] == "mm"  # the demo's NIfTI slices carry their spacing
+    for stage_report in metrics.values():
+        assert {"mean_dice", "mean_hd95", "mean_iou", "per_class"} <= set(stage_report)
+        assert set(stage_report["per_class"]) == {"grey_matter", "white_matter"}
+        assert set(stage_report["per_class"]["grey_matter"]) == {"dice", "hd95", "iou", "images"}
+        assert stage_report["hd95_unit"] == "mm"  # the demo's NIfTI slices carry their spacing
     summary = (out / "summary.md").read_text()
     assert "## student" in summary and "Transfer set: 4 synthetic images (--transfer_source synth; DDIM 50" in summary
     # One epoch of the generator makes noise: the summary says so, loudly.
@@ -225,3 +225,29 @@ def test_imagenet_mae_head_count_is_recorded_or_given(tmp_path):
         pipeline_config.imagenet_mae_heads(str(tmp_path / "bare.pth"), 0)
     with pytest.raises(TskdError, match="records 12 attention heads, but --num_heads is 3"):
         pipeline_config.imagenet_mae_heads(str(tmp_path / "recorded.pth"), 3)
+
+
+def test_a_stage_run_in_process_raises_our_one_line_not_monai_s_instantiate_traceback(demo_small, tmp_path):
+    """LiteMedSAM needs a multiple of 32: 48 passes the bundle's own x16 check and fails while MONAI builds the
+    teacher. In process, the caller gets our SettingError itself, not MONAI's "Failed to instantiate" wrapper."""
+    import pytest
+
+    from common.errors import TskdError
+    from common.pipeline.bundles import run_bundle
+
+    with pytest.raises(TskdError) as raised:
+        run_bundle("demo", "teacher", ("train",), str(tmp_path / "teacher"),
+                   {"dataset_dir": demo_small, "image_size": 48, "steps": 1, "epoch_length": 1})
+    message = raised.value.message
+    assert "multiple of 32" in message and "LiteMedSAM" in message and "\n" not in message
+    assert raised.value.__cause__ is None and "Failed to instantiate" not in str(raised.value)
+
+
+def test_a_bundle_s_values_are_read_through_its_declared_properties(demo_small):
+    from common.pipeline.bundles import bundle_properties
+
+    teacher = bundle_properties("demo", "teacher", {"dataset_dir": demo_small})
+    assert teacher.lora_rank == 4 and teacher.image_size == 128 and teacher.in_channels == 1
+    assert teacher.num_classes == 3  # from the dataset's datalist: background, grey and white matter
+    assert bundle_properties("demo", "student", {"image_size": 64}).image_size == 64
+    assert bundle_properties("demo", "student").lora_rank is None  # optional, and not a student's

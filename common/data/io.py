@@ -9,7 +9,6 @@ anything this tool did not write, is refused with a message naming it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -17,19 +16,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 
 from common.errors import DataError
+from common.provenance import file_sha256
 
 __all__ = ["atomic_folder", "file_sha256", "check_output_folder", "record_written", "MARKER_FILE"]
 
 MARKER_FILE = ".tskd.json"
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _inside(path: str, folder: str) -> bool:

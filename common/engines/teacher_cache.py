@@ -35,7 +35,7 @@ from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS
 from common.engines.distributed import barrier, is_rank0
 from common.errors import TskdError
 from common.provenance import file_sha256 as file_digest
-from common.provenance import FolderLock, module_digest, write_json
+from common.provenance import FolderLock, hidden_lock, module_digest, write_json
 
 __all__ = ["TeacherCache", "CachedTeacherDataset", "kd_dataset"]
 
@@ -74,7 +74,7 @@ class TeacherCache:
             return
         try:
             # One builder at a time: two runs distilling into the same folder never interleave writes.
-            with FolderLock(cache_dir, wait=True, what="the teacher cache", lock_file=cache_dir.rstrip("/") + ".lock"):
+            with FolderLock(cache_dir, wait=True, what="the teacher cache", lock_file=hidden_lock(cache_dir)):
                 self._check_or_build(teacher, image_size, batch_size, on_stale, device)
         finally:
             barrier()

@@ -106,6 +106,13 @@ def grid_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking", choices=["mlflow", "none"], default="mlflow")
     parser.add_argument("--qualitative", type=int, default=4, help="test images in qualitative.png (0: none)")
     parser.add_argument("--report_only", action="store_true", help="rewrite the tables and plots from OUT/cells")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="cells run at once, each in its own process (one per GPU where there are GPUs; on "
+                             "a CPU they share the cores)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: worker processes on this machine; ray: a Ray cluster (--ray_address, or "
+                             "Ray's local mode with --workers CPUs)")
+    parser.add_argument("--ray_address", default="", help="a running Ray cluster's address (ray start --head)")
     parser.add_argument("--out", default="runs/grid")
     return parser
 

@@ -28,8 +28,6 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 
 def _time(fn, min_seconds: float, min_reps: int = 3, warmup: int = 2) -> float:
     """Median seconds per call, after ``warmup`` calls, over at least ``min_reps`` calls and ``min_seconds``."""

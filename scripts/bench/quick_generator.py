@@ -23,12 +23,9 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 DEFAULTS = {"size": 64, "width": 16, "iters": 300, "lr": 2e-4, "ema": 0.99, "ema_warmup": 100, "steps": 20, "batch": 16,
             "prediction": "epsilon"}

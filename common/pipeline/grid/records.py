@@ -60,7 +60,7 @@ class CellRecords:
         start = time.time()
         try:
             report, extra, artefacts = work()
-            row = self.row(method, labels, transfer, seed, report, seconds=round(time.time() - start), **extra)
+            row = self.row(method, labels, transfer, seed, report, **{"seconds": round(time.time() - start), **extra})
             record = {"row": row, "per_image_class_dice": report.get("per_image", {}).get("dice", [])}
             self.log(name, row, artefacts)
         except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from common.pipeline.grid.cells import Grid
 from common.pipeline.grid.spec import cell_id
 from common.pipeline.profiles import PRETRAINED
 from common.pipeline.report import teacher_check, transfer_report
+from common.pipeline.stages import student_overrides
 from common.provenance import read_json
 
 __all__ = ["write_report", "qualitative"]
@@ -180,8 +181,16 @@ def qualitative(grid: Grid) -> None:
         row = grid.records.get(name).get("row", {})
         if row.get("status") == "done":
             columns[METHOD_NAMES.get(method, method)] = grid.infer(stage, row["root"],
-                                                                   grid.cell_overrides(method, labels, seed, stage))
+                                                                   cell_overrides(grid, method, labels, seed, stage))
     if columns:
         path = save_prediction_grid(grid.datalist, columns, os.path.join(grid.out, "qualitative.png"),
                                     n=grid.spec.qualitative)
         print(f"written: {path} ({labels} labels, seed {seed})", flush=True)
+
+
+def cell_overrides(grid: Grid, method: str, labels: str, seed: int, stage: str) -> dict:
+    """What infers with a finished cell's model."""
+    config = grid.spec.cell_config(method, labels, 0)
+    if stage == "student":
+        return student_overrides(config, grid.data_dir, seed)
+    return {**config.base_overrides(grid.data_dir), "seed": seed}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from common.errors import TskdError
 from common.pipeline.config import RunConfig
 from common.pipeline.profiles import METHODS
+from common.provenance import read_json, write_json
 
-__all__ = ["GridSpec", "FIXED", "cell_id", "label_budgets"]
+__all__ = ["GridSpec", "FIXED", "cell_id", "check_grid_settings", "label_budgets"]
 
 # Settings every cell depends on: a grid folder holds one value of each (methods, budgets, sizes and seeds may be
 # extended between runs).
@@ -45,6 +47,9 @@ class GridSpec:
     qualitative: int = 4
     report_only: bool = False
     isolate_stages: bool = False
+    workers: int = 1
+    executor: str = "local"
+    ray_address: str = ""
     out: str = "runs/grid"
 
     def method_list(self) -> list[str]:
@@ -84,3 +89,16 @@ def label_budgets(text: str) -> list[str]:
 
 def cell_id(method: str, labels: str, transfer: int, seed: int) -> str:
     return f"{method}_labels{labels}" + (f"_transfer{transfer}" if transfer else "") + f"_seed{seed}"
+
+
+def check_grid_settings(out: str, spec: GridSpec) -> None:
+    """A grid folder holds one value of each ``FIXED`` setting: the first run records them in ``grid.json``, a
+    later run with another value is refused (its finished cells would be mixed with these)."""
+    path = os.path.join(out, "grid.json")
+    mine, saved = spec.fixed(), read_json(path)
+    differ = [f"--{k} {saved[k]!r} there, {mine[k]!r} now" for k in mine if k in saved and saved[k] != mine[k]]
+    if differ:
+        raise TskdError(f"'{out}' holds a grid run with other settings ({'; '.join(differ)}); its finished cells "
+                        "would be mixed with these. Choose another --out.")
+    if not saved and not spec.report_only:
+        write_json(path, mine)

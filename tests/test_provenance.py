@@ -1,0 +1,118 @@
+"""One provenance mechanism (common.provenance): keyed artefacts that know whether they are fresh, atomic
+records, and folder locks that keep two real processes from writing the same run folder or building the same
+shared stage at once."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+from common.provenance import Artifact, FolderLock, LockedError, content_key, read_json, write_json
+
+HOLD = """
+import sys, time
+from common.provenance import FolderLock
+with FolderLock(sys.argv[1], what="the run folder"):
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+# Builds an artefact unless it is fresh; appends to a log around the (slow) build, so interleaving would show.
+BUILD = """
+import os, sys, time
+from common.provenance import Artifact
+folder, log = sys.argv[1], sys.argv[2]
+artifact = Artifact(folder, {"size": 3}, outputs=("data.txt",))
+with artifact.lock():
+    if not artifact.fresh():
+        open(log, "a").write(f"start {os.getpid()}\\n")
+        os.makedirs(folder, exist_ok=True)
+        for i in range(3):
+            open(os.path.join(folder, "data.txt"), "a").write(f"{i}\\n")
+            time.sleep(0.5)
+        artifact.finish()
+        open(log, "a").write(f"end {os.getpid()}\\n")
+"""
+
+
+def _holder(folder: str, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, folder, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_second_run_into_a_held_folder_is_refused_with_one_line_naming_the_holder(tmp_path, demo_small):
+    out = str(tmp_path / "run")
+    holder = _holder(out, 60)
+    try:
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_pipeline.py"), "--profile", "smoke",
+                                 "--data_dir", demo_small, "--out", out], capture_output=True, text=True, timeout=300)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("run_pipeline: the run folder") and f"process {holder.pid}" in lines[0]
+        assert "===" not in result.stdout  # refused before any stage
+        assert not os.path.exists(os.path.join(out, "teacher"))
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone (even killed): the lock went with it.
+    with FolderLock(out):
+        pass
+
+
+def test_two_processes_building_one_artefact_build_it_once_and_never_interleave(tmp_path):
+    folder, log = str(tmp_path / "shared"), str(tmp_path / "log.txt")
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, folder, log]) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    events = open(log).read().split()
+    assert events[0] == "start" and events[2] == "end" and len(events) == 4  # one build, start then end
+    assert open(os.path.join(folder, "data.txt")).read() == "0\n1\n2\n"
+    assert Artifact(folder, {"size": 3}, outputs=("data.txt",)).fresh()
+
+
+def test_an_artefact_is_fresh_only_for_its_inputs_and_the_outputs_it_recorded(tmp_path):
+    folder = tmp_path / "stage"
+    artifact = Artifact(str(folder), {"lr": 0.1, "upstream": "abc"}, outputs=("models/model.pt",))
+    assert not artifact.fresh() and not artifact.resumable()
+    artifact.begin()
+    assert artifact.resumable() and not (folder / "done.json").exists()
+    (folder / "models").mkdir()
+    (folder / "models" / "model.pt").write_bytes(b"weights")
+    record = artifact.finish(seconds=3)
+    assert artifact.fresh() and record["seconds"] == 3 and not artifact.resumable()
+    key = artifact.output_key()
+    assert not Artifact(str(folder), {"lr": 0.2, "upstream": "abc"}, outputs=("models/model.pt",)).fresh()
+    (folder / "models" / "model.pt").write_bytes(b"other weights")
+    assert not artifact.fresh() and artifact.changed_since_finished()
+    artifact.finish()
+    assert artifact.output_key() != key  # what is made from it follows its content
+    assert content_key({"a": 1, "b": 2}) == content_key({"b": 2, "a": 1})
+
+
+def test_records_are_written_whole_and_a_lock_is_reentrant_in_one_process(tmp_path):
+    path = str(tmp_path / "record.json")
+    write_json(path, {"status": "done"})
+    assert read_json(path) == {"status": "done"} and os.listdir(tmp_path) == ["record.json"]
+    (tmp_path / "broken.json").write_text('{"status": ')
+    assert read_json(str(tmp_path / "broken.json")) == {}
+    folder = str(tmp_path / "grid")
+    with FolderLock(folder):
+        with FolderLock(folder):  # a grid holding its folder runs pipelines into it
+            pass
+        info = json.load(open(os.path.join(folder, ".tskd.lock")))
+        assert info["pid"] == os.getpid()
+    holder = _holder(folder, 2)
+    try:
+        with pytest.raises(LockedError, match=f"process {holder.pid}"):
+            with FolderLock(folder):
+                pass
+        start = time.time()
+        with FolderLock(folder, wait=True):  # waits for the holder instead
+            assert time.time() - start > 0.5
+    finally:
+        holder.kill()
+        holder.wait()
