@@ -144,6 +144,11 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
         assert fragment in tables, fragment
     for png in ("dice_vs_labels.png", "qualitative.png"):
         assert (out / png).stat().st_size > 5000
+    # --report_only rewrites the tables from the records, training nothing.
+    (out / "tables.md").unlink()
+    trained.clear()
+    cli.grid_main([*argv, "--report_only"])
+    assert (out / "tables.md").read_text() == tables and trained == []
     # Another transfer source in the same folder would mix its cells with these: one clear error.
     with pytest.raises(SystemExit) as refused:
         cli.grid_main([*argv[:-2], "--transfer_source", "unlabelled"])

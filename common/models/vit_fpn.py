@@ -38,11 +38,12 @@ __all__ = ["ViTFPN", "SimpleFeaturePyramid", "ConvStem", "SkipDecoder", "FPN_PRE
 # Pyramid width per stride (4, 8, 16, 32); whether strides 4 and 8 use separable 3x3 convolutions; whether each
 # level's 3x3 convolution is followed by GroupNorm + GELU; optionally the convolutional stem's widths at strides
 # 1, 2 and 4 and the skip decoder's at strides 4, 2 and 1.
+STEM_WIDTHS, DECODER_WIDTHS = (16, 32, 64), (96, 48, 32)
 FPN_PRESETS = {
     "light": {"widths": (192, 192, 256, 256), "separable": True, "activate": True},
     "paper": {"widths": (256, 256, 256, 256), "separable": False, "activate": False},
     "skip": {"widths": (192, 192, 256, 256), "separable": True, "activate": True,
-             "stem": (16, 32, 64), "decoder": (96, 48, 32)},
+             "stem": STEM_WIDTHS, "decoder": DECODER_WIDTHS},
 }
 
 
@@ -128,7 +129,7 @@ class ConvStem(nn.Module):
         widths: channels at strides 1, 2 and 4.
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(self, in_channels: int, widths: tuple[int, int, int] = STEM_WIDTHS) -> None:
         super().__init__()
         cins = (in_channels,) + tuple(widths[:-1])
         self.stages = nn.ModuleList([_block(c, w, 1 if k == 0 else 2) for k, (c, w) in enumerate(zip(cins, widths))])
@@ -195,7 +196,7 @@ class ViTFPN(nn.Module):
         if stem:
             in_channels = encoder.patch_embed.proj.in_channels
             self.stem = ConvStem(in_channels, tuple(stem))
-            self.head = SkipDecoder(width, tuple(stem), tuple(decoder or (96, 48, 32)), num_classes)
+            self.head = SkipDecoder(width, tuple(stem), tuple(decoder or DECODER_WIDTHS), num_classes)
         else:
             hidden = width if separable else width // 2  # the paper's head halves its 256 channels
             self.head = nn.Sequential(_conv3x3(width, hidden, separable), nn.GroupNorm(8, hidden),

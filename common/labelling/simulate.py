@@ -1,0 +1,147 @@
+"""Does choosing the next image save labels? A simulated annotation loop, with the held-back masks as the
+annotator.
+
+Start from the run's label budget (the first ``start`` training images); each round fine-tunes the student from the
+run's pre-trained encoder on the labels so far (the same stage as ``/train``), evaluates it on the test split, then
+asks a strategy for the next ``add`` images of the unlabelled rest of the training split and "labels" them (their
+masks join the datalist). Strategies: ``disagreement`` (1 - Dice between the run's teacher and the student),
+``tta`` (the student against itself under flips) and ``random`` (seeded). The teacher stays the run's: re-distilling
+every round is out of this simulation's budget. Writes ``OUT/loop.json`` (per strategy and seed: labels used, test
+Dice, per-image Dice each round) as it goes, and resumes from it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from itertools import combinations
+
+import numpy as np
+
+from common.data import load_datalist
+from common.labelling.runs import disagreement
+from common.pipeline.profiles import HEAD_PRETRAINED, PROFILES, stage_budget
+from common.pipeline.stages import evaluate_bundle, infer_bundle, train_bundle
+from common.provenance import read_json, write_json
+
+__all__ = ["simulate", "STRATEGIES"]
+
+STRATEGIES = ("disagreement", "tta", "random")
+
+
+def _labels(folder: str, items: list[dict]) -> dict[str, np.ndarray]:
+    import nibabel as nib
+
+    out = {}
+    for item in items:
+        stem = os.path.basename(item["image"]).split(".")[0]
+        out[item["image"]] = np.squeeze(np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj))
+    return out
+
+
+def _flipped_copies(items: list[dict], folder: str, axis: int) -> list[dict]:
+    """The pool's images flipped along ``axis`` (NIfTI, same header), for test-time augmentation."""
+    import nibabel as nib
+
+    os.makedirs(folder, exist_ok=True)
+    copies = []
+    for item in items:
+        image = nib.load(item["image"])
+        path = os.path.join(folder, os.path.basename(item["image"]))
+        nib.save(nib.Nifti1Image(np.flip(np.asarray(image.dataobj), axis).copy(), image.affine, image.header), path)
+        copies.append({"image": path, "original": item["image"]})
+    return copies
+
+
+class Loop:
+    def __init__(self, dataset: str, data_dir: str, run: str, method: str, out: str, overrides: dict,
+                 profile: str = "quick") -> None:
+        self.dataset, self.data_dir, self.run, self.method, self.out = dataset, data_dir, run, method, out
+        self.overrides, self.profile = overrides, profile
+        self.datalist = os.path.join(data_dir, "datalist.json")
+        self.training = load_datalist(self.datalist, "training")
+
+    def _round_data(self, folder: str, labelled: list[dict]) -> str:
+        info = read_json(self.datalist)
+        info.update(training=labelled, validation=load_datalist(self.datalist, "validation", allow_empty=True),
+                    test=load_datalist(self.datalist, "test"), allow_external_paths=True)
+        os.makedirs(folder, exist_ok=True)
+        write_json(os.path.join(folder, "datalist.json"), info)
+        return folder
+
+    def fine_tune(self, root: str, labelled: list[dict], seed: int) -> tuple[dict, dict]:
+        data = self._round_data(os.path.join(root, "data"), labelled)
+        overrides = {**self.overrides, "dataset_dir": data, "labels": 0, "seed": seed,
+                     **stage_budget(PROFILES[self.profile], "student")}
+        encoder = os.path.join(self.run, f"pretrain_{self.method}", "models", "model.pt")
+        if os.path.isfile(encoder):
+            overrides["encoder_checkpoint"] = encoder
+            if self.method not in HEAD_PRETRAINED:
+                overrides["init_head"] = False
+        train_bundle(self.dataset, "student", os.path.join(root, "student"), overrides)
+        evaluation = {k: v for k, v in overrides.items() if k not in ("encoder_checkpoint",)}
+        report = evaluate_bundle(self.dataset, "student", os.path.join(root, "student"), evaluation)
+        return report, evaluation
+
+    def predict(self, stage: str, root: str, overrides: dict, items: list[dict], folder: str) -> dict:
+        infer_bundle(self.dataset, stage, root, {**overrides, "datalist": [{"image": i["image"]} for i in items],
+                                                 "output_dir": folder})
+        return _labels(folder, items)
+
+    def teacher_predictions(self, pool: list[dict]) -> dict:
+        teacher = read_json(os.path.join(self.run, "teacher", "done.json")).get("inputs", {}).get("overrides", {})
+        overrides = {k: v for k, v in teacher.items() if k in ("dataset_dir", "image_size", "teacher", "sam_checkpoint",
+                                                              "lora_rank", "seed")}
+        overrides["ckpt_path"] = os.path.join(self.run, "teacher", "models", "model.pt")
+        return self.predict("teacher", os.path.join(self.run, "teacher"), overrides, pool,
+                            os.path.join(self.out, "teacher_predictions"))
+
+    def scores(self, strategy: str, root: str, overrides: dict, pool: list[dict], teacher: dict) -> dict[str, float]:
+        student = self.predict("student", os.path.join(root, "student"), overrides, pool,
+                               os.path.join(root, "pool_predictions"))
+        if strategy == "disagreement":
+            return {i: disagreement(student[i], teacher[i]) for i in student}
+        views = [student]
+        for axis in (0, 1):
+            copies = _flipped_copies(pool, os.path.join(root, f"flip{axis}"), axis)
+            flipped = self.predict("student", os.path.join(root, "student"), overrides, copies,
+                                   os.path.join(root, f"flip{axis}_predictions"))
+            views.append({c["original"]: np.flip(flipped[c["image"]], axis) for c in copies})
+        return {i: float(np.mean([disagreement(a[i], b[i]) for a, b in combinations(views, 2)])) for i in student}
+
+
+def simulate(dataset: str, data_dir: str, run: str, out: str, overrides: dict, method: str = "tskd",
+             strategies=STRATEGIES, seeds=(1234,), start: int = 5, add: int = 5, rounds: int = 4,
+             profile: str = "quick") -> dict:
+    """Run the loop for every strategy and seed (resumable from ``OUT/loop.json``); returns its record."""
+    loop = Loop(dataset, data_dir, run, method, out, overrides, profile)
+    record_path = os.path.join(out, "loop.json")
+    record = read_json(record_path)
+    teacher = None
+    for seed in seeds:
+        for strategy in strategies:
+            key = f"{strategy}_seed{seed}"
+            done = record.get(key, {"rounds": []})
+            labelled = loop.training[:start] if not done["rounds"] else [
+                item for item in loop.training if item["image"] in done["rounds"][-1]["labelled"]]
+            for r in range(len(done["rounds"]), rounds + 1):
+                # Round 0 (the run's own labels) is the same for every strategy of a seed: trained once.
+                root = os.path.join(out, f"seed{seed}_round0" if r == 0 else f"{key}_round{r}")
+                report, evaluation = loop.fine_tune(root, labelled, seed)
+                done["rounds"].append({"labels": len(labelled), "labelled": [i["image"] for i in labelled],
+                                       "mean_dice": report["mean_dice"],
+                                       "per_image_dice": report.get("per_image", {}).get("dice", [])})
+                record[key] = done
+                write_json(record_path, record)
+                if r == rounds:
+                    break
+                pool = [item for item in loop.training if item not in labelled]
+                if strategy == "random":
+                    chosen = random.Random(f"{seed}:{r}").sample(pool, min(add, len(pool)))  # same after a resume
+                else:
+                    if strategy == "disagreement" and teacher is None:
+                        teacher = loop.teacher_predictions(loop.training[start:])
+                    scores = loop.scores(strategy, root, evaluation, pool, teacher or {})
+                    chosen = sorted(pool, key=lambda i: -scores[i["image"]])[:add]
+                labelled = labelled + chosen
+    return record

@@ -1,0 +1,188 @@
+"""tskd's own MONAI Label app (scripts/monailabel_app) on a real server at 127.0.0.1, over a tiny trained tskd run:
+both models listed, the student's 2D result with the image's own spacing and equal to the bundle's inference, the
+next image chosen by teacher-student disagreement, and one-line 4xx answers for what does not exist."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, skip_or_fail
+from test_monailabel import _free_port
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, demo_small):
+    import importlib.util
+
+    if importlib.util.find_spec("monailabel") is None:
+        skip_or_fail("monailabel is not installed (pip install -r requirements.txt)")
+    import requests
+
+    from common.pipeline import cli
+
+    work = tmp_path_factory.mktemp("tskd_app")
+    run = work / "run"
+    cli.run_main(["--profile", "smoke", "--data_dir", demo_small, "--image_size", "64", "--method", "scratch",
+                  "--out", str(run)])
+    data = Path(demo_small)
+    datalist = json.load(open(data / "datalist.json"))
+    studies = work / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for item in datalist["training"]:
+        shutil.copy(data / item["image"], studies)
+        shutil.copy(data / item["label"], studies / "labels" / "final" / os.path.basename(item["image"]))
+    for item in datalist["test"]:
+        shutil.copy(data / item["image"], studies)
+    port = _free_port()
+    log = open(work / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
+                             os.path.join(ROOT, "scripts", "monailabel_app"), "--studies", str(studies),
+                             "--conf", "run", str(run), "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=work, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                break
+            try:
+                if requests.get(f"{url}/info/", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        if proc.poll() is not None:
+            pytest.fail("the tskd app exited:\n" + (work / "server.log").read_text()[-5000:])
+        yield {"url": url, "run": run, "work": work, "data": data, "datalist": datalist}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _infer(app, model: str, image_id: str) -> np.ndarray:
+    import nibabel as nib
+    import requests
+
+    answer = requests.post(f"{app['url']}/infer/{model}", params={"image": image_id, "output": "image"},
+                           files={"params": (None, json.dumps({"device": "cpu"}))}, timeout=300)
+    assert answer.status_code == 200, answer.text[:2000]
+    path = app["work"] / f"{model}_{image_id}.nii.gz"
+    path.write_bytes(answer.content)
+    return nib.load(str(path))
+
+
+def _id(path: str) -> str:
+    return os.path.basename(path).replace(".nii.gz", "")
+
+
+def test_the_app_lists_both_models_and_the_strategies(app):
+    import requests
+
+    info = requests.get(f"{app['url']}/info/", timeout=30).json()
+    assert {"student", "teacher"} <= set(info["models"])
+    assert info["models"]["student"]["labels"] == {"grey_matter": 1, "white_matter": 2}
+    assert {"disagreement", "tta", "random"} <= set(info["strategies"])
+    assert "student" in info["trainers"]
+    log = (app["work"] / "server.log").read_text()
+    assert "Preload Network" in log  # the student is loaded when the server starts
+
+
+def test_infer_returns_the_bundle_s_prediction_with_the_image_s_own_spacing(app):
+    import nibabel as nib
+
+    from common.pipeline.stages import infer_bundle
+
+    image = app["datalist"]["test"][0]["image"]
+    served = _infer(app, "student", _id(image))
+    original = nib.load(str(app["data"] / image))
+    assert np.allclose(served.affine, original.affine) and served.shape == original.shape
+    assert not np.allclose(np.abs(np.diag(original.affine)[:2]), 1.0)  # the demo's slices are not 1 mm: kept
+    folder = infer_bundle("demo", "student", str(app["run"] / "student_scratch"),
+                          {"dataset_dir": str(app["data"]), "image_size": 64, "fpn": "light", "seed": 1234,
+                           "datalist": [{"image": str(app["data"] / image)}],
+                           "output_dir": str(app["work"] / "own")})
+    own = np.asarray(nib.load(os.path.join(folder, f"{_id(image)}_seg.nii.gz")).dataobj)
+    assert np.array_equal(np.squeeze(np.asarray(served.dataobj)), np.squeeze(own))
+
+
+def test_the_next_image_is_the_one_where_teacher_and_student_disagree_most(app):
+    import requests
+
+    from common.labelling.runs import disagreement
+
+    answer = requests.post(f"{app['url']}/activelearning/disagreement", json={}, timeout=600)
+    assert answer.status_code == 200, answer.text[:2000]
+    chosen = answer.json()
+    unlabelled = [_id(item["image"]) for item in app["datalist"]["test"]]
+    assert set(chosen["scores"]) == set(unlabelled)
+    # The same scores from the two models' own /infer answers: the chosen image is their argmax.
+    expected = {i: disagreement(np.asarray(_infer(app, "student", i).dataobj), np.asarray(_infer(app, "teacher", i).dataobj))
+                for i in unlabelled}
+    assert chosen["scores"] == pytest.approx(expected, abs=1e-6)
+    assert chosen["id"] == max(expected, key=expected.get)
+    tta = requests.post(f"{app['url']}/activelearning/tta", json={}, timeout=600).json()
+    assert tta["id"] in unlabelled and all(0.0 <= s <= 1.0 for s in tta["scores"].values())
+
+
+def test_what_does_not_exist_gets_a_404_with_one_line(app):
+    import requests
+
+    image = _id(app["datalist"]["test"][0]["image"])
+    cases = {"unknown image": ("/infer/student", {"image": "no_such_image"}, "no image 'no_such_image'"),
+             "unknown model": ("/infer/nnunet", {"image": image}, "no model 'nnunet'"),
+             "unknown strategy": ("/activelearning/cleverest", None, "no strategy 'cleverest'")}
+    for name, (path, params, fragment) in cases.items():
+        if params is None:
+            answer = requests.post(app["url"] + path, json={}, timeout=60)
+        else:
+            answer = requests.post(app["url"] + path, params={**params, "output": "json"},
+                                   files={"params": (None, json.dumps({"device": "cpu"}))}, timeout=60)
+        detail = answer.json().get("detail", "") if answer.headers.get("content-type", "").startswith(
+            "application/json") else answer.text
+        assert answer.status_code == 404, f"{name}: {answer.status_code} {answer.text[:500]}"
+        assert fragment in detail and "\n" not in detail, f"{name}: {detail!r}"
+
+
+def test_train_serves_a_better_student_and_never_runs_two_rounds_at_once(app):
+    """A /train round fine-tunes the student on the saved labels and swaps it in when it validates better than the
+    served one (here the served student was zeroed, so it segments nothing). Two rounds asked at once both answer,
+    one after the other: their training never overlaps, and the second, no better than the first, is not served."""
+    import threading
+
+    import requests
+    import torch
+
+    served = app["run"] / "monailabel" / "student" / "models" / "model.pt"
+    zeroed = {k: torch.zeros_like(v) for k, v in torch.load(served, weights_only=True).items()}
+    torch.save(zeroed, served)
+    answers = []
+
+    def train():
+        answers.append(requests.post(f"{app['url']}/train/student", params={"run_sync": "true"},
+                                     json={"profile": "smoke"}, timeout=900))
+
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.5)
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [200, 200], [a.text[:500] for a in answers]
+    rounds = [json.load(open(app["run"] / "monailabel" / "rounds" / str(i) / "round.json")) for i in (0, 1)]
+    assert rounds[0]["finished"] <= rounds[1]["started"]  # one after the other
+    first, second = rounds
+    assert first["served_val_dice"] == 0.0 and first["labels"] == len(app["datalist"]["training"])
+    assert first["new_val_dice"] > 0.0 and first["swapped"]
+    assert second["served_val_dice"] == pytest.approx(first["new_val_dice"])  # the first round's student is served
+    assert second["swapped"] == (second["new_val_dice"] > second["served_val_dice"])
+    after = torch.load(served, weights_only=True)
+    assert any(v.abs().sum() > 0 for v in after.values())
