@@ -51,8 +51,10 @@ def report(record: dict, out: str, strategies: list[str], seeds: list[int]) -> N
     for strategy, scores in finals.items():
         if strategy != "random" and "random" in finals:
             t = paired_test(scores, finals["random"])
-            lines.append(f"- {strategy} vs random: mean difference {t['mean_diff']:+.4f}, n = {t['n']}, p = {t['p']:.4f}"
-                         + (" (inside the noise)" if t["p"] >= 0.05 else ""))
+            verdict = ("n too small for any p < 0.05" if t["min_p"] >= 0.05 else
+                       "inside the noise" if t["p"] >= 0.05 else "a real difference")
+            lines.append(f"- {strategy} vs random: mean difference {t['mean_diff']:+.4f}, n = {t['n']}, "
+                         f"p = {t['p']:.4f} ({verdict})")
     with open(os.path.join(out, "loop.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -117,40 +117,52 @@ def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inpu
     assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1, 2}
 
 
-def test_student_training_resumes(demo_small, tmp_path):
-    common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "64", "--batch_size", "4"]
+def test_student_training_resumes(demo_small, tmp_path, capfd):
+    """Resuming, refusing a checkpoint of other settings, skipping a cut-short checkpoint and starting a finished run
+    anew; each run in process as tskd-run runs it, its log read from the captured output."""
+    from common.errors import TskdError
+    from common.pipeline.bundles import run_bundle
+
+    def run(**overrides):
+        """(finished, the run's log or its one-line error)."""
+        capfd.readouterr()
+        try:
+            run_bundle("demo", "student", ("train",), str(tmp_path), {"dataset_dir": demo_small, "image_size": 64,
+                                                                      "batch_size": 4, **overrides})
+        except TskdError as e:
+            return False, e.message
+        out = capfd.readouterr()
+        return True, out.out + out.err
+
     models = tmp_path / "models"
-    ok(bundle_run("demo_student", ["train.json"], "--epochs", "2", *common))
+    assert run(epochs=2)[0]
     # A run stopped after epoch 1 of 2 (its epoch-2 checkpoint is not there) resumes at epoch 2.
     (models / "checkpoint_epoch=2.pt").unlink()
-    second = ok(bundle_run("demo_student", ["train.json"], "--epochs", "2", *common))
-    log = second.stdout + second.stderr
-    assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
+    finished, log = run(epochs=2)
+    assert finished and "resuming from" in log and "checkpoint_epoch=1.pt" in log
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log.split("resuming from")[1].split("SupervisedEvaluator")[0]
     assert (models / "checkpoint_epoch=2.pt").is_file()
     # Other settings in the same folder: refused with advice, never "resumed" into a run that trains nothing.
     (models / "checkpoint_epoch=2.pt").rename(tmp_path / "finished.pt")
-    other = bundle_run("demo_student", ["train.json"], "--epochs", "2", "--learning_rate", "0.001", *common)
-    assert other.returncode != 0 and "Traceback" not in other.stderr
-    assert "other settings (learning_rate differ)" in other.stderr and "--resume false" in other.stderr
-    labels = bundle_run("demo_student", ["train.json"], "--epochs", "2", "--labels", "2", *common)
-    assert labels.returncode != 0 and "data, labels differ" in labels.stderr
+    finished, message = run(epochs=2, learning_rate=0.001)
+    assert not finished and "other settings (learning_rate differ)" in message and "--resume false" in message
+    finished, message = run(epochs=2, labels=2)
+    assert not finished and "data, labels differ" in message
     # The epoch count is a setting: ignite would otherwise restore the old count and ignore the new one.
-    longer = bundle_run("demo_student", ["train.json"], "--epochs", "3", *common)
-    assert longer.returncode != 0 and "max_epochs differ" in longer.stderr
+    finished, message = run(epochs=3)
+    assert not finished and "max_epochs differ" in message
     # A checkpoint cut short by a crash is skipped; the previous one is resumed.
     (models / "checkpoint_epoch=2.pt").write_bytes((tmp_path / "finished.pt").read_bytes()[:1000])
-    third = ok(bundle_run("demo_student", ["train.json"], "--epochs", "2", *common))
-    log = third.stdout + third.stderr
-    assert "skipping the unreadable checkpoint" in log and "resuming from" in log and "checkpoint_epoch=1.pt" in log
+    finished, log = run(epochs=2)
+    assert finished and "skipping the unreadable checkpoint" in log and "resuming from" in log
+    assert "checkpoint_epoch=1.pt" in log
     # A finished run is never resumed into a run that trains nothing: the same command (or MONAI Label's
     # /train) trains a new run with the epoch count it is given.
-    again = ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", *common))
-    log = again.stdout + again.stderr
-    assert "ends a finished run; starting a new run of 1 epochs" in log and "Epoch[1] Complete" in log
+    finished, log = run(epochs=1)
+    assert finished and "ends a finished run; starting a new run of 1 epochs" in log and "Epoch[1] Complete" in log
     assert sorted(p.name for p in models.glob("checkpoint*")) == ["checkpoint_epoch=1.pt"]
-    fresh = ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", "--resume", "false", *common))
-    assert "handlers - INFO - resuming from" not in fresh.stdout + fresh.stderr
+    finished, log = run(epochs=1, resume=False)
+    assert finished and "handlers - INFO - resuming from" not in log
     assert sorted(p.name for p in models.glob("checkpoint*")) == ["checkpoint_epoch=1.pt"]
 
 

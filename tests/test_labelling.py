@@ -29,8 +29,8 @@ def app(tmp_path_factory, demo_small):
 
     work = tmp_path_factory.mktemp("tskd_app")
     run = work / "run"
-    cli.run_main(["--profile", "smoke", "--data_dir", demo_small, "--image_size", "64", "--method", "scratch",
-                  "--out", str(run)])
+    cli.run_main(["--profile", "smoke", "--data_dir", demo_small, "--image_size", "64", "--method", "tskd",
+                  "--transfer_source", "augment", "--out", str(run)])
     data = Path(demo_small)
     datalist = json.load(open(data / "datalist.json"))
     studies = work / "studies"
@@ -106,7 +106,7 @@ def test_infer_returns_the_bundle_s_prediction_with_the_image_s_own_spacing(app)
     original = nib.load(str(app["data"] / image))
     assert np.allclose(served.affine, original.affine) and served.shape == original.shape
     assert not np.allclose(np.abs(np.diag(original.affine)[:2]), 1.0)  # the demo's slices are not 1 mm: kept
-    folder = infer_bundle("demo", "student", str(app["run"] / "student_scratch"),
+    folder = infer_bundle("demo", "student", str(app["run"] / "student_tskd"),
                           {"dataset_dir": str(app["data"]), "image_size": 64, "fpn": "light", "seed": 1234,
                            "datalist": [{"image": str(app["data"] / image)}],
                            "output_dir": str(app["work"] / "own")})
@@ -186,3 +186,28 @@ def test_train_serves_a_better_student_and_never_runs_two_rounds_at_once(app):
     assert second["swapped"] == (second["new_val_dice"] > second["served_val_dice"])
     after = torch.load(served, weights_only=True)
     assert any(v.abs().sum() > 0 for v in after.values())
+
+
+def test_the_simulated_loop_adds_the_images_each_strategy_chooses(app, tmp_path):
+    """One round of the simulated annotation loop per strategy on the app's run: each adds the images it ranks
+    first (disagreement: those where the run's teacher and the fine-tuned student differ most), and the record
+    keeps every round's test Dice per image."""
+    from common.labelling.runs import run_overrides
+    from common.labelling.simulate import simulate
+
+    run = str(app["run"])
+    overrides = run_overrides(os.path.join(run, "student_tskd"))
+    record = simulate("demo", overrides["dataset_dir"], run, str(tmp_path / "loop"), overrides, "tskd",
+                      seeds=(1234,), start=2, add=2, rounds=1, profile="smoke")
+    training = [item["image"] for item in app["datalist"]["training"]]
+    for strategy in ("disagreement", "tta", "random"):
+        rounds = record[f"{strategy}_seed1234"]["rounds"]
+        assert [r["labels"] for r in rounds] == [2, 4]
+        assert rounds[1]["labelled"][:2] == [str(app["data"] / i) for i in training[:2]]
+        assert all(0.0 <= r["mean_dice"] <= 1.0 and len(r["per_image_dice"]) == len(app["datalist"]["test"])
+                   for r in rounds)
+    assert record["disagreement_seed1234"]["rounds"][0] == record["random_seed1234"]["rounds"][0]  # shared round 0
+    # A second call finds every round recorded and trains nothing.
+    again = simulate("demo", overrides["dataset_dir"], run, str(tmp_path / "loop"), overrides, "tskd",
+                     seeds=(1234,), start=2, add=2, rounds=1, profile="smoke")
+    assert again == record
