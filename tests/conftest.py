@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,3 +54,45 @@ def trained_demo_student(tmp_path_factory):
     run_ok([sys.executable, "-m", "monai.bundle", "run", "--config_file",
             str([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")]), *common], cwd=str(work))
     return {"data": data, "run": run}
+
+
+@contextlib.contextmanager
+def monailabel_server(app: str, studies: str, conf: list[str], work):
+    """A real ``monailabel start_server`` of ``app`` on 127.0.0.1 (a free port; ``conf``: name value pairs),
+    answering ``/info/``; yields its url, stops it after. Its log: ``work/server.log``."""
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf_args = [arg for name, value in zip(conf[::2], conf[1::2]) for arg in ("--conf", name, value)]
+    log = open(os.path.join(work, "server.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app", app, "--studies",
+                             studies, *conf_args, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=work, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                break
+            try:
+                if requests.get(f"{url}/info/", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail("the MONAI Label server did not answer /info/ within 4 minutes:\n"
+                        + open(os.path.join(work, "server.log")).read()[-3000:])
+        if proc.poll() is not None:
+            pytest.fail("the MONAI Label server exited:\n" + open(os.path.join(work, "server.log")).read()[-5000:])
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

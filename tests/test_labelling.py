@@ -5,16 +5,13 @@ next image chosen by teacher-student disagreement, and one-line 4xx answers for 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, skip_or_fail
-from test_monailabel import _free_port
+from conftest import ROOT, monailabel_server, skip_or_fail
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +20,6 @@ def app(tmp_path_factory, demo_small):
 
     if importlib.util.find_spec("monailabel") is None:
         skip_or_fail("monailabel is not installed (pip install -r requirements.txt)")
-    import requests
 
     from common.pipeline import cli
 
@@ -40,32 +36,9 @@ def app(tmp_path_factory, demo_small):
         shutil.copy(data / item["label"], studies / "labels" / "final" / os.path.basename(item["image"]))
     for item in datalist["test"]:
         shutil.copy(data / item["image"], studies)
-    port = _free_port()
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
-                             os.path.join(ROOT, "scripts", "monailabel_app"), "--studies", str(studies),
-                             "--conf", "run", str(run), "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=work, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                break
-            try:
-                if requests.get(f"{url}/info/", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        if proc.poll() is not None:
-            pytest.fail("the tskd app exited:\n" + (work / "server.log").read_text()[-5000:])
+    with monailabel_server(os.path.join(ROOT, "scripts", "monailabel_app"), str(studies), ["run", str(run)],
+                           str(work)) as url:
         yield {"url": url, "run": run, "work": work, "data": data, "datalist": datalist}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _infer(app, model: str, image_id: str) -> np.ndarray:

@@ -4,24 +4,15 @@
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_ok, skip_or_fail
+from conftest import ROOT, monailabel_server, run_ok, skip_or_fail
 
 BUNDLE = "demo_student"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _state(path):
@@ -37,7 +28,6 @@ def server(tmp_path_factory, trained_demo_student):
 
     if importlib.util.find_spec("monailabel") is None:
         skip_or_fail("monailabel is not installed (pip install -r requirements.txt)")
-    import requests
 
     work = tmp_path_factory.mktemp("monailabel")
     data = Path(trained_demo_student["data"])
@@ -58,36 +48,10 @@ def server(tmp_path_factory, trained_demo_student):
     for item in datalist["test"]:
         shutil.copy(data / item["image"], studies)
 
-    port = _free_port()
-    log = open(work / "server.log", "w")
     # Offline: no model-zoo lookup on GitHub, no SAM2 download.
-    proc = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
-                             str(work / "apps" / "monaibundle"), "--studies", str(studies), "--conf", "models", BUNDLE,
-                             "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=work, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                break
-            try:
-                if requests.get(f"{url}/info/", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MONAI Label server did not answer /info/ within 4 minutes:\n"
-                        + (work / "server.log").read_text()[-3000:])
-        if proc.poll() is not None:
-            pytest.fail("the MONAI Label server exited:\n" + (work / "server.log").read_text()[-5000:])
+    with monailabel_server(str(work / "apps" / "monaibundle"), str(studies),
+                           ["models", BUNDLE, "zoo_source", "github", "sam2", "false"], str(work)) as url:
         yield {"url": url, "bundle": bundle, "work": work, "test": [data / t["image"] for t in datalist["test"]]}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_monailabel_serves_and_retrains_the_student(server):
