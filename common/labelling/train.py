@@ -66,8 +66,10 @@ class TskdStudentTrain(TrainTask):
             image, label = datastore.get_image_uri(image_id), datastore.get_label_uri(image_id, "final")
             if os.path.basename(image) not in held_out and label:
                 training.append({"image": image, "label": label})
+        # The run's validation and test splits, unchanged: rounds compare on the same images, and a re-distilling
+        # round's summary reports the same test images as the run's.
         info.update(training=training, validation=load_datalist(run_datalist, "validation", allow_empty=True),
-                    test=[], allow_external_paths=True)
+                    test=load_datalist(run_datalist, "test"), allow_external_paths=True)
         os.makedirs(folder, exist_ok=True)
         write_json(os.path.join(folder, "datalist.json"), info)
         return folder, len(training)
