@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 from itertools import combinations
 
 import numpy as np
@@ -24,7 +25,7 @@ from common.pipeline.profiles import HEAD_PRETRAINED, PROFILES, stage_budget
 from common.pipeline.stages import evaluate_bundle, infer_bundle, train_bundle
 from common.provenance import read_json, write_json
 
-__all__ = ["simulate", "STRATEGIES"]
+__all__ = ["simulate", "write_report", "STRATEGIES"]
 
 STRATEGIES = ("disagreement", "tta", "random")
 
@@ -145,3 +146,48 @@ def simulate(dataset: str, data_dir: str, run: str, out: str, overrides: dict, m
                     chosen = sorted(pool, key=lambda i: -scores[i["image"]])[:add]
                 labelled = labelled + chosen
     return record
+
+
+def write_report(record: dict, out: str, strategies: list[str], seeds: list[int]) -> None:
+    """``OUT/loop.md`` (test Dice per round and strategy, mean ± sd over seeds; each strategy's final round against
+    random by a Wilcoxon signed-rank test over test images, seeds averaged per image) and ``OUT/dice_vs_labels.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.comparison import image_scores, paired_test
+
+    lines = ["# Simulated annotation loop", "", f"Seeds {', '.join(map(str, seeds))}; test Dice, mean ± sd over seeds.",
+             "", "| strategy | " + " | ".join(f"round {r}" for r in range(len(record[next(iter(record))]["rounds"])))
+             + " |", "|---|" + "---|" * len(record[next(iter(record))]["rounds"])]
+    finals = {}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for strategy in strategies:
+        runs = [record[f"{strategy}_seed{s}"]["rounds"] for s in seeds if f"{strategy}_seed{s}" in record]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        means = [statistics.mean(r[i]["mean_dice"] for r in runs) for i in range(n)]
+        sds = [statistics.stdev([r[i]["mean_dice"] for r in runs]) if len(runs) > 1 else 0.0 for i in range(n)]
+        labels = [runs[0][i]["labels"] for i in range(n)]
+        lines.append(f"| {strategy} | " + " | ".join(f"{m:.4f} ± {s:.4f} ({k} labels)" for m, s, k in
+                                                     zip(means, sds, labels)) + " |")
+        ax.errorbar(labels, means, yerr=sds, marker="o", capsize=3, label=strategy)
+        finals[strategy] = image_scores([r[n - 1]["per_image_dice"] for r in runs])
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("test Dice")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "dice_vs_labels.png"), dpi=120)
+    lines += ["", "Final round against random (Wilcoxon signed-rank over test images, seeds averaged per image):", ""]
+    for strategy, scores in finals.items():
+        if strategy != "random" and "random" in finals:
+            t = paired_test(scores, finals["random"])
+            verdict = ("n too small for any p < 0.05" if t["min_p"] >= 0.05 else
+                       "inside the noise" if t["p"] >= 0.05 else "a real difference")
+            lines.append(f"- {strategy} vs random: mean difference {t['mean_diff']:+.4f}, n = {t['n']}, "
+                         f"p = {t['p']:.4f} ({verdict})")
+    with open(os.path.join(out, "loop.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -109,6 +109,9 @@ def grid_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1,
                         help="cells run at once, each in its own process (one per GPU where there are GPUs; on "
                              "a CPU they share the cores)")
+    parser.add_argument("--worker_threads", type=int, default=0,
+                        help="torch threads per worker (default: the cores shared out; give the single-process "
+                             "count to reproduce its results bit for bit)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local: worker processes on this machine; ray: a Ray cluster (--ray_address, or "
                              "Ray's local mode with --workers CPUs)")

@@ -25,6 +25,10 @@ def work_in_worker(spec: dict, cell: dict) -> dict:
     from common.pipeline.grid.spec import GridSpec
 
     start = time.time()
+    if spec.get("worker_threads"):
+        import torch
+
+        torch.set_num_threads(spec["worker_threads"])
     try:
         grid = Grid(GridSpec(**{**spec, "tracking": "none"}))
         grid.prepare()
@@ -82,7 +86,7 @@ def _run_local(grid: Grid, todo: list[Cell], spec: dict, workers: int) -> None:
         devices = context.Queue()
         for i in range(workers):
             devices.put(i % gpus)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = grid.spec.worker_threads or max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(devices, threads)) as pool:
         futures = {pool.submit(work_in_worker, spec, dataclasses.asdict(cell)): cell for cell in todo}
         for future in as_completed(futures):

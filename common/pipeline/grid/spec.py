@@ -48,6 +48,7 @@ class GridSpec:
     report_only: bool = False
     isolate_stages: bool = False
     workers: int = 1
+    worker_threads: int = 0
     executor: str = "local"
     ray_address: str = ""
     out: str = "runs/grid"
