@@ -6,7 +6,7 @@ The same tiny stage (the demo student bundle: one training step, one validation,
 ``--repeats`` times each way, alternating: in this process through MONAI's bundle workflow API (what tskd-run and
 tskd-grid do by default, ``common.pipeline.bundles.run_bundle``) and in a process of its own
 (``python -m monai.bundle run``, what ``--isolate_stages`` does and what every stage did before). Prints the median
-seconds of each and their difference: the start-up cost a stage pays in its own process (Python, torch, MONAI and
+seconds of each, their difference, and whether the two ways wrote the same weights: the start-up cost a stage pays in its own process (Python, torch, MONAI and
 the package imported again). A grid cell runs two to four stages. Then ``--leak_runs`` more in-process runs, with
 this process's resident memory after each: what a long grid in one process keeps. Writes ``--out`` (JSON) when
 given.
@@ -56,6 +56,9 @@ def main() -> None:
     result = {way: round(statistics.median(t), 2) for way, t in times.items()}
     result["start-up per stage (s)"] = round(result["own process"] - result["in process"], 2)
     result["ratio own/in process"] = round(result["own process"] / result["in process"], 2)
+    a = torch.load(f"{work}/in_process_0/models/model.pt", weights_only=True)
+    b = torch.load(f"{work}/own_process_0/models/model.pt", weights_only=True)
+    result["same weights in process and in its own process"] = all(torch.equal(a[k], b[k]) for k in a)
     rss = []
     for i in range(args.leak_runs):
         run_bundle("demo", "student", ("train",), f"{work}/leak_{i}", overrides)
