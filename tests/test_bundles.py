@@ -1,4 +1,5 @@
-"""Every bundle through `python -m monai.bundle run`: train 1 epoch -> evaluate -> inference, on real MRI."""
+"""Every bundle: train 1 epoch -> evaluate -> inference, on real MRI, in process through MONAI's bundle workflow
+API as tskd-run runs them, and through `python -m monai.bundle run` where the command line itself is tested."""
 
 import json
 import os
@@ -65,17 +66,27 @@ def pretrain_inputs(demo_small, tmp_path_factory):
     make_transfer_set(os.path.join(demo_small, "datalist.json"), str(folder / "transfer"), size=6, seed=0)
     torch.save(TrainableState(build_teacher("litemedsam", image_size=64, num_classes=3)).state_dict(),
                folder / "teacher.pt")
-    return ["--transfer_file", str(folder / "transfer" / "datalist.json"), "--teacher_checkpoint",
-            str(folder / "teacher.pt")]
+    return {"transfer_file": str(folder / "transfer" / "datalist.json"),
+            "teacher_checkpoint": str(folder / "teacher.pt")}
 
 
 @pytest.mark.parametrize("bundle", DEMO)
-def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inputs):
-    common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "64", "--batch_size", "2"]
-    tracking = ["--tracking", "mlflow"] if bundle.endswith("student") else []
-    extra = pretrain_inputs if bundle.endswith("pretrain") else []
-    train = ok(bundle_run(bundle, ["train.json"], "--epochs", "1", *common, *tracking, *extra))
-    log = train.stdout + train.stderr
+def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inputs, capfd):
+    """train -> evaluate -> inference of each bundle, in process as tskd-run runs it (`python -m monai.bundle run`
+    itself: the killed-run, no-validation and bad-input tests)."""
+    from common.pipeline.bundles import run_bundle
+
+    def run(configs, root, of=bundle, **overrides):
+        """The bundle ``of``'s ``configs`` run into ``root``; its log."""
+        capfd.readouterr()
+        run_bundle(*of.split("_", 1), configs, str(root), {"dataset_dir": demo_small, "image_size": 64, **overrides})
+        out = capfd.readouterr()
+        return out.out + out.err
+
+    common = {"batch_size": 2}
+    tracking = {"tracking": "mlflow"} if bundle.endswith("student") else {}
+    extra = pretrain_inputs if bundle.endswith("pretrain") else {}
+    log = run(("train",), tmp_path, epochs=1, **common, **tracking, **extra)
     models = tmp_path / "models"
     assert (models / "model.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
     if bundle.endswith("pretrain"):
@@ -84,10 +95,9 @@ def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inpu
 
         state = torch.load(models / "model.pt", weights_only=True)
         assert not any(k.startswith("proj.") for k in state) and any(k.startswith("head.") for k in state)
-        student = ok(bundle_run("demo_student", ["train.json"], "--epochs", "1", "--dataset_dir", demo_small,
-                                "--bundle_root", str(tmp_path / "student"), "--image_size", "64",
-                                "--encoder_checkpoint", str(models / "model.pt")))
-        assert "val_mean_dice" in student.stdout + student.stderr
+        student = run(("train",), tmp_path / "student", "demo_student", epochs=1,
+                      encoder_checkpoint=str(models / "model.pt"))
+        assert "val_mean_dice" in student
     else:
         assert "val_mean_dice" in log
     if bundle.endswith("teacher"):
@@ -100,13 +110,12 @@ def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inpu
         runs = mlflow.search_runs(search_all_experiments=True)
         assert len(runs) >= 1 and "metrics.train_loss" in runs.columns
 
-    ok(bundle_run(bundle, ["train.json", "evaluate.json"], *common))
+    run(("train", "evaluate"), tmp_path, **common)
     report = json.load(open(tmp_path / "eval" / "metrics.json"))
     assert set(report["per_class"]) == {"grey_matter", "white_matter"}
     assert 0.0 <= report["mean_dice"] <= 1.0 and report["mean_hd95"] > 0 and report["images"] > 0
 
-    ok(bundle_run(bundle, ["inference.json"], "--dataset_dir", demo_small, "--bundle_root", str(tmp_path),
-                  "--image_size", "64"))
+    run(("inference",), tmp_path)
     test_items = json.load(open(os.path.join(demo_small, "datalist.json")))["test"]
     predictions = sorted(os.listdir(tmp_path / "eval" / "predictions"))
     assert len(predictions) == len(test_items)
@@ -178,7 +187,11 @@ def test_a_killed_run_resumes_to_the_same_weights(demo_small, tmp_path):
         return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--dataset_dir", demo_small,
                 "--bundle_root", str(root), "--image_size", "64", "--batch_size", "2", "--epochs", str(epochs)]
 
-    ok(subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, cwd=ROOT, timeout=900))
+    from common.pipeline.bundles import run_bundle
+
+    # The uninterrupted run in process (as tskd-run runs it), the killed and resumed one on the command line.
+    run_bundle("demo", "student", ("train",), str(tmp_path / "whole"),
+               {"dataset_dir": demo_small, "image_size": 64, "batch_size": 2, "epochs": 4})
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -296,23 +309,25 @@ def test_bad_input_gives_one_clear_error(demo_small, tmp_path):
 
 def test_synth_bundle_trains_samples_evaluates_and_infers(demo_small, tmp_path):
     from common.data import make_transfer_set
+    from common.pipeline.bundles import run_bundle
 
     make_transfer_set(os.path.join(demo_small, "datalist.json"), str(tmp_path / "augmented"), size=4)
-    common = ["--dataset_dir", demo_small, "--bundle_root", str(tmp_path), "--image_size", "32",
-              "--denoiser_width", "16", "--batch_size", "2"]
-    ok(bundle_run("demo_synth", ["train.json"], "--epochs", "1", "--augmented_file",
-                  str(tmp_path / "augmented" / "datalist.json"), *common))
+    common = {"dataset_dir": demo_small, "image_size": 32, "denoiser_width": 16}
+
+    def run(configs, **overrides):
+        run_bundle("demo", "synth", configs, str(tmp_path), {**common, **overrides})
+
+    run(("train",), epochs=1, batch_size=2, augmented_file=str(tmp_path / "augmented" / "datalist.json"))
     assert (tmp_path / "models" / "model.pt").is_file()
-    ok(bundle_run("demo_synth", ["train.json", "sample.json"], "--n_samples", "3", "--sample_steps", "2", *common))
+    run(("train", "sample"), batch_size=2, n_samples=3, sample_steps=2)
     synthetic = tmp_path / "synthetic"
     manifest = json.load(open(synthetic / "manifest.json"))
     assert manifest["count"] == 3 and manifest["steps"] == 2 and manifest["sampler"] == "ddim"
     assert len(json.load(open(synthetic / "quality.json"))["per_image"]) == 3 and (synthetic / "samples.png").is_file()
     os.remove(synthetic / "quality.json")
-    ok(bundle_run("demo_synth", ["train.json", "evaluate.json"], *common))
+    run(("train", "evaluate"), batch_size=2)
     assert (synthetic / "quality.json").is_file()
-    ok(bundle_run("demo_synth", ["inference.json"], "--dataset_dir", demo_small, "--bundle_root", str(tmp_path),
-                  "--image_size", "32", "--denoiser_width", "16", "--n_samples", "2", "--sample_steps", "2"))
+    run(("inference",), n_samples=2, sample_steps=2)
     assert json.load(open(synthetic / "manifest.json"))["count"] == 2
 
 
