@@ -94,3 +94,29 @@ def test_merged_teacher_exports_equal_the_lora_teacher(tmp_path):
     for kind, name in (("ckpt_export", "model_merged.ts"), ("onnx_export", "model_merged.onnx")):
         _export(kind, "demo_teacher", "merged_def", ckpt, str(tmp_path / name), shape)
     _exports_match(teacher, torch.rand(*shape), str(tmp_path / "model_merged.ts"), str(tmp_path / "model_merged.onnx"))
+
+
+def test_the_served_student_runs_in_onnx_runtime_and_falls_back_to_torch(tmp_path, monkeypatch, caplog):
+    """MONAI Label serves the student through ``OnnxRuntimeNetwork``: exported for each input shape on its first
+    call (answered by torch), then ONNX Runtime's answer, equal to torch's within 1e-4; an export that differs
+    from torch by more is never served."""
+    import logging
+
+    from common.labelling import infer
+    from common.models import build_vit_fpn
+
+    torch.manual_seed(0)
+    net = build_vit_fpn(image_size=64, in_channels=1, num_classes=3).eval()
+    served = infer.OnnxRuntimeNetwork(net, str(tmp_path / "onnx"))
+    x, y = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad(), caplog.at_level(logging.INFO):
+        assert torch.equal(served(x), net(x))  # the first call of a shape: torch's answer, while it exports
+        assert served.sessions[(1, 1, 64, 64)] is not None and (tmp_path / "onnx" / "model_1x1x64x64.onnx").is_file()
+        out = served(y)
+        assert out.shape == (1, 3, 64, 64) and not torch.equal(out, net(y))  # ONNX Runtime's, not torch's
+        assert float((out - net(y)).abs().max()) <= TOLERANCE
+        monkeypatch.setattr(infer, "ONNX_TOLERANCE", -1.0)  # no export can be this close: torch serves
+        z = torch.rand(2, 1, 64, 64)
+        served(z)
+        assert served.sessions[(2, 1, 64, 64)] is None and torch.equal(served(z), net(z))
+    assert "serving 2x1x64x64 inputs with torch (the ONNX export differs" in caplog.text

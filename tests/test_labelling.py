@@ -67,6 +67,7 @@ def test_the_app_lists_both_models_and_the_strategies(app):
     assert "student" in info["trainers"]
     log = (app["work"] / "server.log").read_text()
     assert "Preload Network" in log  # the student is loaded when the server starts
+    assert "serving 1x1x64x64 inputs with ONNX Runtime" in log  # and exported by the warm-up inference
 
 
 def test_infer_returns_the_bundle_s_prediction_with_the_image_s_own_spacing(app):
@@ -159,6 +160,10 @@ def test_train_serves_a_better_student_and_never_runs_two_rounds_at_once(app):
     assert second["swapped"] == (second["new_val_dice"] > second["served_val_dice"])
     after = torch.load(served, weights_only=True)
     assert any(v.abs().sum() > 0 for v in after.values())
+    # The swapped weights are exported again before ONNX Runtime serves them.
+    exports = (app["work"] / "server.log").read_text().count("inputs with ONNX Runtime")
+    _infer(app, "student", _id(app["datalist"]["test"][0]["image"]))
+    assert (app["work"] / "server.log").read_text().count("inputs with ONNX Runtime") == exports + 1
 
 
 def test_the_simulated_loop_adds_the_images_each_strategy_chooses(app, tmp_path):

@@ -76,7 +76,8 @@ class TskdApp(MONAILabelApp):
                          version="0.1.0")
 
     def init_infers(self):
-        self.student = TskdInfer(self.student_dir, self.conf, self.student_overrides, preload=True)
+        self.student = TskdInfer(self.student_dir, self.conf, self.student_overrides, preload=True,
+                                 runtime=self.conf.get("student_runtime", "onnx"))
         self.teacher = TskdInfer(self.teacher_dir, self.conf, self.teacher_overrides, preload=False)
         return {"student": self.student, "teacher": self.teacher}
 
