@@ -6,8 +6,9 @@ Makes the demo at ``--image_size`` (a few slices), trains a run with the smoke p
 how well the model is trained), starts ``monailabel start_server`` with ``scripts/monailabel_app`` on 127.0.0.1,
 and times from this process: the first ``/infer/student`` after the server answers ``/info/`` (the student was
 loaded at start-up), then ``--requests`` warm requests (median and 95th percentile), each beside the model's own
-forward time that the server reports (``latencies.infer``), and the teacher's first and warm requests. Writes
-``--out`` (JSON) when given.
+forward time that the server reports (``latencies.infer``), and the teacher's first and warm requests; once for
+each ``--runtimes`` entry (the student in ONNX Runtime, the app's default, and in torch). Writes ``--out`` (JSON)
+when given.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    parser.add_argument("--runtimes", default="onnx,torch",
+                        help="how the server runs the student, each timed in its own server (--conf student_runtime)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-
-    import requests
 
     from common.data import prepare_demo
     from common.pipeline import cli
@@ -71,18 +72,35 @@ def main() -> None:
     for image in tests:
         os.symlink(os.path.join(data, image), os.path.join(studies, os.path.basename(image)))
     ids = [os.path.basename(image).replace(".nii.gz", "") for image in tests]
-    port, url = _port(), None
+    results = {runtime: _serve(args, work, studies, run, ids, runtime) for runtime in args.runtimes.split(",")}
+    print(json.dumps({r: {k: v for k, v in result.items() if not isinstance(v, list)} for r, result in results.items()},
+                     indent=1))
+    if len(results) == 2:
+        (a, ra), (b, rb) = results.items()
+        key = "student warm /infer p95 (ms)"
+        print(f"warm p95: {a} {ra[key]} ms, {b} {rb[key]} ms ({rb[key] / ra[key]:.2f}x)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"image_size": args.image_size, "server threads": args.threads, "runtimes": results}, f, indent=1)
+
+
+def _serve(args, work: str, studies: str, run: str, ids: list[str], runtime: str) -> dict:
+    """Start the app with the student served by ``runtime``; time its requests."""
+    import requests
+
+    port = _port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    log = open(f"{work}/server.log", "w")
+    log = open(f"{work}/server_{runtime}.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app", APP, "--studies",
-                               studies, "--conf", "run", run, "--host", "127.0.0.1", "--port", str(port)],
+                               studies, "--conf", "run", run, "--conf", "student_runtime", runtime,
+                               "--host", "127.0.0.1", "--port", str(port)],
                               stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         started = time.perf_counter()
         while True:
             if server.poll() is not None:
-                sys.exit(f"the server exited; see {work}/server.log")
+                sys.exit(f"the server exited; see {work}/server_{runtime}.log")
             try:
                 if requests.get(f"{url}/info/", timeout=5).ok:
                     break
@@ -98,17 +116,14 @@ def main() -> None:
         server.wait(timeout=60)
     seconds = [w[0] for w in warm]
     forward = [w[1] for w in warm]
-    result = {"image_size": args.image_size, "server threads": args.threads, "server ready (s)": round(ready, 1),
-              "student first /infer (s)": round(first, 3), "student first forward (s)": first_forward,
-              f"student warm /infer median of {args.requests} (ms)": round(1000 * statistics.median(seconds), 1),
-              "student warm /infer p95 (ms)": round(1000 * _percentile(seconds, 0.95), 1),
-              "student forward median (ms, server-reported, 10 ms resolution)": round(1000 * statistics.median(forward), 1),
-              "teacher first /infer (s)": round(teacher_first, 2),
-              "teacher warm /infer median of 5 (ms)": round(1000 * statistics.median(teacher_warm), 1)}
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**result, "student warm /infer seconds": [round(s, 4) for s in seconds]}, f, indent=1)
+    return {"student runtime": runtime, "server ready (s)": round(ready, 1),
+            "student first /infer (s)": round(first, 3), "student first forward (s)": first_forward,
+            f"student warm /infer median of {args.requests} (ms)": round(1000 * statistics.median(seconds), 1),
+            "student warm /infer p95 (ms)": round(1000 * _percentile(seconds, 0.95), 1),
+            "student forward median (ms, server-reported, 10 ms resolution)": round(1000 * statistics.median(forward), 1),
+            "teacher first /infer (s)": round(teacher_first, 2),
+            "teacher warm /infer median of 5 (ms)": round(1000 * statistics.median(teacher_warm), 1),
+            "student warm /infer seconds": [round(s, 4) for s in seconds]}
 
 
 if __name__ == "__main__":
