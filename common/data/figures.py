@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from common.data.datalists import class_names, load_datalist
+from common.data.io import read_prediction
 
 __all__ = ["save_prediction_grid"]
 
@@ -37,7 +38,7 @@ def save_prediction_grid(datalist_file: str, predictions: dict[str, str], out_pn
     for row, item in zip(axes, picks):
         stem = os.path.basename(item["image"]).split(".")[0]
         maps = [np.asarray(nib.load(item["image"]).dataobj, np.float32), np.asarray(nib.load(item["label"]).dataobj)]
-        maps += [np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj) for folder in predictions.values()]
+        maps += [read_prediction(folder, item["image"]) for folder in predictions.values()]
         for col, (ax, title, m) in enumerate(zip(row, columns, maps)):
             m = np.squeeze(m)  # shown as stored: rows down, columns across
             if col == 0:

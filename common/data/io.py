@@ -1,5 +1,5 @@
 """Writing a dataset folder all at once: nothing half-written is ever left at the output path, and
-nothing that this tool did not write is ever deleted.
+nothing that this tool did not write is ever deleted. Reading back what an inference bundle wrote.
 
 A folder written here carries a marker (``.tskd.json``) listing what it wrote. Replacing it later is
 allowed only while it holds nothing else; an output folder that overlaps the source data, or that holds
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from common.errors import DataError
 from common.provenance import file_sha256
 
-__all__ = ["atomic_folder", "file_sha256", "check_output_folder", "record_written", "MARKER_FILE"]
+__all__ = ["atomic_folder", "file_sha256", "check_output_folder", "record_written", "read_prediction", "MARKER_FILE"]
 
 MARKER_FILE = ".tskd.json"
 
@@ -134,3 +134,13 @@ def atomic_folder(out: str, datalist: dict | None = None, sources: Sequence[str]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_prediction(folder: str, image: str):
+    """The label map (squeezed numpy array) an inference bundle wrote into ``folder`` for ``image``: its
+    ``SaveImaged`` names it ``<image stem>_seg.nii.gz``."""
+    import nibabel as nib
+    import numpy as np
+
+    stem = os.path.basename(image).split(".")[0]
+    return np.squeeze(np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from common.provenance import read_json
+from common.pipeline.stages import stage_overrides
 
 __all__ = ["INFERENCE_KEYS", "run_overrides", "disagreement"]
 
@@ -17,8 +15,7 @@ INFERENCE_KEYS = ("image_size", "fpn", "num_heads", "dataset_dir", "teacher", "s
 def run_overrides(model_dir: str) -> dict:
     """The settings a stage trained with (its ``done.json``, written by tskd-run or tskd-grid) that its network
     and preprocessing depend on; {} for a bundle trained by hand."""
-    record = read_json(os.path.join(model_dir, "done.json"))
-    overrides = record.get("inputs", {}).get("overrides", {})
+    overrides = stage_overrides(model_dir)
     return {k: overrides[k] for k in INFERENCE_KEYS if k in overrides}
 
 

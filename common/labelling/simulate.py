@@ -19,25 +19,15 @@ from itertools import combinations
 
 import numpy as np
 
-from common.data import load_datalist
+from common.data import load_datalist, read_prediction
 from common.labelling.runs import disagreement
 from common.pipeline.profiles import HEAD_PRETRAINED, PROFILES, stage_budget
-from common.pipeline.stages import evaluate_bundle, infer_bundle, train_bundle
+from common.pipeline.stages import evaluate_bundle, infer_bundle, stage_overrides, train_bundle
 from common.provenance import read_json, write_json
 
 __all__ = ["simulate", "write_report", "STRATEGIES"]
 
 STRATEGIES = ("disagreement", "tta", "random")
-
-
-def _labels(folder: str, items: list[dict]) -> dict[str, np.ndarray]:
-    import nibabel as nib
-
-    out = {}
-    for item in items:
-        stem = os.path.basename(item["image"]).split(".")[0]
-        out[item["image"]] = np.squeeze(np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj))
-    return out
 
 
 def _flipped_copies(items: list[dict], folder: str, axis: int) -> list[dict]:
@@ -87,10 +77,10 @@ class Loop:
     def predict(self, stage: str, root: str, overrides: dict, items: list[dict], folder: str) -> dict:
         infer_bundle(self.dataset, stage, root, {**overrides, "datalist": [{"image": i["image"]} for i in items],
                                                  "output_dir": folder})
-        return _labels(folder, items)
+        return {item["image"]: read_prediction(folder, item["image"]) for item in items}
 
     def teacher_predictions(self, pool: list[dict]) -> dict:
-        teacher = read_json(os.path.join(self.run, "teacher", "done.json")).get("inputs", {}).get("overrides", {})
+        teacher = stage_overrides(os.path.join(self.run, "teacher"))
         overrides = {k: v for k, v in teacher.items() if k in ("dataset_dir", "image_size", "teacher", "sam_checkpoint",
                                                               "lora_rank", "seed")}
         overrides["ckpt_path"] = os.path.join(self.run, "teacher", "models", "model.pt")

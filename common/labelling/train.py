@@ -23,7 +23,7 @@ from common.data import load_datalist
 from common.engines import read_training_record
 from common.pipeline import RunConfig, run_pipeline
 from common.pipeline.profiles import HEAD_PRETRAINED, PROFILES, stage_budget
-from common.pipeline.stages import evaluate_bundle, train_bundle
+from common.pipeline.stages import evaluate_bundle, stage_overrides, train_bundle
 from common.provenance import FolderLock, read_json, write_json
 
 __all__ = ["TskdStudentTrain", "RETRAIN_FACTOR"]
@@ -59,8 +59,8 @@ class TskdStudentTrain(TrainTask):
     def _datalist(self, folder: str, datastore) -> tuple[str, int]:
         run_datalist = os.path.join(self.overrides["dataset_dir"], "datalist.json")
         info = read_json(run_datalist)
-        validation = [item["image"] for item in load_datalist(run_datalist, "validation", allow_empty=True)]
-        held_out = {os.path.basename(p) for p in validation}
+        validation = load_datalist(run_datalist, "validation", allow_empty=True)
+        held_out = {os.path.basename(item["image"]) for item in validation}
         training = []
         for image_id in sorted(datastore.get_labeled_images()):
             image, label = datastore.get_image_uri(image_id), datastore.get_label_uri(image_id, "final")
@@ -68,7 +68,7 @@ class TskdStudentTrain(TrainTask):
                 training.append({"image": image, "label": label})
         # The run's validation and test splits, unchanged: rounds compare on the same images, and a re-distilling
         # round's summary reports the same test images as the run's.
-        info.update(training=training, validation=load_datalist(run_datalist, "validation", allow_empty=True),
+        info.update(training=training, validation=validation,
                     test=load_datalist(run_datalist, "test"), allow_external_paths=True)
         os.makedirs(folder, exist_ok=True)
         write_json(os.path.join(folder, "datalist.json"), info)
@@ -79,8 +79,7 @@ class TskdStudentTrain(TrainTask):
         root = os.path.join(self.rounds, str(index))
         data_dir, n_labels = self._datalist(os.path.join(root, "data"), datastore)
         profile = request.get("profile", self.profile)
-        teacher = read_json(os.path.join(self.run, "teacher", "done.json")).get("inputs", {}).get("overrides", {})
-        teacher_labels = teacher.get("labels") or self._run_labels()
+        teacher_labels = stage_overrides(os.path.join(self.run, "teacher")).get("labels") or self._run_labels()
         redistil = n_labels >= RETRAIN_FACTOR * max(teacher_labels, 1) and self.method in ("tskd", "takd")
         if redistil:
             run_pipeline(RunConfig(dataset=self.dataset, data_dir=data_dir, method=self.method, profile=profile,

@@ -83,7 +83,7 @@ class RunConfig:
         if config.method == "imagenet_mae":
             config = config.replace(num_heads=imagenet_mae_heads(config.imagenet_mae_checkpoint, config.num_heads))
         if config.data_dir is not None:
-            config._check_dataset(os.path.join(config.data_dir, "datalist.json"))
+            config.check_dataset(config.data_dir)
         return config
 
     def _check_transfer(self) -> None:
@@ -109,7 +109,9 @@ class RunConfig:
             load_state_file(self.sam_checkpoint, f"SAM {self.teacher} checkpoint (--sam_checkpoint)",
                             "Download it from https://github.com/facebookresearch/segment-anything#model-checkpoints.")
 
-    def _check_dataset(self, datalist: str) -> None:
+    def check_dataset(self, data_dir: str) -> None:
+        """The dataset's datalist holds the splits and label budgets this configuration asks for."""
+        datalist = os.path.join(data_dir, "datalist.json")
         read_datalist_info(datalist)
         load_datalist(datalist, "training", limit=self.labels or None)
         validation_items(datalist, self.val_labels)

@@ -36,7 +36,8 @@ def run_pipeline(config: RunConfig, isolate: bool = False) -> dict:
 
 def _run(config: RunConfig, out: str, isolate: bool) -> dict:
     data_dir = config.dataset_folder(out)
-    config.replace(data_dir=data_dir).checked()  # the demo's splits, once prepared
+    if config.data_dir is None:  # the demo, prepared just now: its splits against the label budgets
+        config.check_dataset(data_dir)
     teacher_root = os.path.join(out, "teacher")
     teacher_ckpt, teacher_key = teacher_stage(config, data_dir, teacher_root, isolate=isolate)
     teacher_record = teacher_record_root(config.teacher_checkpoint, teacher_root)

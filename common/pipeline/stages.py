@@ -17,7 +17,7 @@ from common.pipeline.profiles import HEAD_PRETRAINED, SELF_SUPERVISED, describe_
 from common.pipeline.report import transfer_report
 from common.provenance import Artifact, content_key, file_sha256, read_json
 
-__all__ = ["train_bundle", "evaluate_bundle", "infer_bundle", "stage_seconds", "teacher_stage", "transfer_stage",
+__all__ = ["train_bundle", "evaluate_bundle", "infer_bundle", "stage_overrides", "stage_seconds", "teacher_stage", "transfer_stage",
            "student_stages"]
 
 WEIGHTS = "models/model.pt"
@@ -52,6 +52,12 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
                    isolate=isolate)
         artifact.finish(overrides=overrides, seconds=round(time.time() - start))
         return artifact.output_key()
+
+
+def stage_overrides(root: str) -> dict:
+    """The overrides a finished stage was trained with, from its ``done.json`` ({} for a stage not trained by
+    tskd-run or tskd-grid)."""
+    return read_json(os.path.join(root, "done.json")).get("inputs", {}).get("overrides", {})
 
 
 def stage_seconds(root: str) -> int:

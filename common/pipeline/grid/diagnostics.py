@@ -8,7 +8,7 @@ import math
 import os
 
 from common.comparison import mutual_information
-from common.data import load_datalist
+from common.data import load_datalist, read_prediction
 from common.data.datalists import class_names
 from common.engines import read_training_record
 from common.pipeline.grid.cells import Grid
@@ -66,8 +66,7 @@ def teacher_information(grid: Grid, labels: str, root: str, overrides: dict) -> 
     grid.infer("teacher", root, {**overrides, "datalist": datalist, "output_dir": folder})
     preds, truth = [], []
     for item in items:
-        stem = os.path.basename(item["image"]).split(".")[0]
-        preds.append(np.squeeze(np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj)))
+        preds.append(read_prediction(folder, item["image"]))
         truth.append(np.squeeze(np.asarray(nib.load(item["label"]).dataobj)))
     return mutual_information(np.concatenate([p.ravel() for p in preds]),
                               np.concatenate([y.ravel() for y in truth]), len(class_names(grid.datalist)))

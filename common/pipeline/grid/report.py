@@ -14,7 +14,7 @@ from common.pipeline.grid.cells import Grid
 from common.pipeline.grid.spec import cell_id
 from common.pipeline.profiles import PRETRAINED
 from common.pipeline.report import teacher_check, transfer_report
-from common.pipeline.stages import student_overrides
+from common.pipeline.stages import stage_overrides, student_overrides
 from common.provenance import read_json
 
 __all__ = ["write_report", "qualitative"]
@@ -127,10 +127,10 @@ def transfer_lines(grid: Grid) -> list[str]:
     for labels in grid.budgets:
         for transfer in grid.transfers:
             for method in [m for m in grid.methods if m in PRETRAINED]:
-                done = read_json(os.path.join(grid.out, "pretrain", f"{method}_labels{labels}_transfer{transfer}",
-                                              "done.json"))
-                if done.get("overrides", {}).get("transfer_file"):
-                    folder = os.path.dirname(done["overrides"]["transfer_file"])
+                overrides = stage_overrides(os.path.join(grid.out, "pretrain",
+                                                         f"{method}_labels{labels}_transfer{transfer}"))
+                if overrides.get("transfer_file"):
+                    folder = os.path.dirname(overrides["transfer_file"])
                     report = transfer_report(grid.spec.transfer_source, folder)
                     lines += [f"{labels} labels, transfer {transfer}:", *(f"- {line}" for line in report), ""]
                     break
