@@ -3,24 +3,13 @@ what they record."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
 
 from common.pipeline import profiles as pipeline_profiles
 from common.pipeline import report as pipeline_report
 from common.engines import budget_epochs, read_training_record
-
-
-def _bundle(bundle, *args):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           os.path.join(ROOT, "bundles", bundle, "configs", "train.json"), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 def test_budget_epochs_hold_the_step_budget():
@@ -30,25 +19,32 @@ def test_budget_epochs_hold_the_step_budget():
     assert budget_epochs(40, steps=3, epoch_length=25) == 1
 
 
-def test_a_tiny_and_a_larger_set_train_the_same_steps_and_early_stop_ends_the_run(demo_small, tmp_path):
+def test_a_tiny_and_a_larger_set_train_the_same_steps_and_early_stop_ends_the_run(demo_small, tmp_path, capfd):
     """Step budgets do not depend on the set's size; with nothing to learn (lr 0) the run stops after
-    ``patience`` validations, records it, and running it again trains a new run instead of resuming."""
-    common = ["--dataset_dir", demo_small, "--image_size", "64", "--batch_size", "2", "--steps", "6",
-              "--epoch_length", "2"]
-    for labels in ("1", "0"):  # one labelled image (a batch is cycled through), and all of them
+    ``patience`` validations, records it, and running it again trains a new run instead of resuming. The
+    student bundle runs in process, as tskd-run runs it; its log is read from the captured output."""
+    from common.pipeline.bundles import run_bundle
+
+    def train(root, **overrides):
+        capfd.readouterr()
+        run_bundle("demo", "student", ("train",), str(root), {"dataset_dir": demo_small, "image_size": 64,
+                                                             "batch_size": 2, **overrides})
+        out = capfd.readouterr()
+        return out.out + out.err
+
+    for labels in (1, 0):  # one labelled image (a batch is cycled through), and all of them
         root = tmp_path / f"labels{labels}"
-        _bundle("demo_student", *common, "--labels", labels, "--bundle_root", str(root))
+        train(root, steps=6, epoch_length=2, labels=labels)
         record = read_training_record(str(root))
         assert record["steps"] == 6 and record["budget_steps"] == 6 and not record["stopped_early"]
         assert 0 <= record["best_metric"] <= 1 and record["best_step"] in (2, 4, 6)
     root = tmp_path / "flat"
-    flat = [*common[:-4], "--steps", "20", "--epoch_length", "2", "--patience", "2", "--learning_rate", "0",
-            "--bundle_root", str(root)]
-    log = _bundle("demo_student", *flat)
+    flat = {"steps": 20, "epoch_length": 2, "patience": 2, "learning_rate": 0}
+    log = train(root, **flat)
     record = read_training_record(str(root))
     assert record["stopped_early"] and record["steps"] == 6 and record["best_step"] == 2, record
     assert "early stop at step 6 of 20" in log
-    again = _bundle("demo_student", *flat)
+    again = train(root, **flat)
     assert "ends a finished run; starting a new run" in again and "handlers - INFO - resuming from" not in again
 
 
