@@ -189,3 +189,15 @@ def test_the_simulated_loop_adds_the_images_each_strategy_chooses(app, tmp_path)
     again = simulate("demo", overrides["dataset_dir"], run, str(tmp_path / "loop"), overrides, "tskd",
                      seeds=(1234,), start=2, add=2, rounds=1, profile="smoke")
     assert again == record
+    # The report: the table, the labels each strategy needs to reach random's final Dice, the Holm-adjusted
+    # tests, the Dice and picks plots.
+    from common.labelling.simulate import write_report
+
+    write_report(record, str(tmp_path / "loop"), ["disagreement", "tta", "random"], [1234])
+    report = (tmp_path / "loop" / "loop.md").read_text()
+    target = record["random_seed1234"]["rounds"][-1]["mean_dice"]
+    for strategy in ("disagreement", "tta"):
+        reached = [r["labels"] for r in record[f"{strategy}_seed1234"]["rounds"] if r["mean_dice"] >= target]
+        assert (f"- {strategy}: {reached[0]} labels" if reached else f"- {strategy}: not reached in 4 labels") in report
+        assert f"- {strategy} vs random: mean difference" in report and ", Holm " in report
+    assert (tmp_path / "loop" / "dice_vs_labels.png").is_file() and (tmp_path / "loop" / "picks.png").is_file()

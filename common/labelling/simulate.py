@@ -138,20 +138,55 @@ def simulate(dataset: str, data_dir: str, run: str, out: str, overrides: dict, m
     return record
 
 
+def _labels_to_reach(rounds: list[tuple[int, float]], target: float) -> int | None:
+    """The fewest labels at which a strategy's mean test Dice reaches ``target`` (None: never)."""
+    return next((labels for labels, dice in rounds if dice >= target), None)
+
+
+def _plot_picks(record: dict, strategies: list[str], seeds: list[int], path: str) -> None:
+    """Which training images each strategy added, round by round: one column per strategy and seed, the images
+    in name order (the demo's slices by height)."""
+    import matplotlib.pyplot as plt
+
+    runs = [(strategy, seed, record[f"{strategy}_seed{seed}"]["rounds"]) for strategy in strategies for seed in seeds
+            if f"{strategy}_seed{seed}" in record]
+    names = sorted({os.path.basename(i) for _, _, rounds in runs for r in rounds for i in r["labelled"]})
+    row = {name: k for k, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(runs), 5))
+    colours = plt.get_cmap("viridis")
+    for x, (_, _, rounds) in enumerate(runs):
+        for r, current in enumerate(rounds):
+            before = set(rounds[r - 1]["labelled"]) if r else set()
+            added = [row[os.path.basename(i)] for i in current["labelled"] if i not in before]
+            ax.scatter([x] * len(added), added, s=18, color=colours(r / max(len(rounds) - 1, 1)),
+                       label=("the start" if r == 0 else f"round {r}") if x == 0 else None)
+    ax.set_xticks(range(len(runs)), [f"{s}\nseed {seed}" for s, seed, _ in runs], fontsize=7, rotation=45, ha="right")
+    step = max(1, len(names) // 12)
+    ax.set_yticks(range(0, len(names), step), [n.split(".")[0] for n in names[::step]], fontsize=7)
+    ax.set_ylabel("training image (name order)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("images each strategy labelled", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(record: dict, out: str, strategies: list[str], seeds: list[int]) -> None:
-    """``OUT/loop.md`` (test Dice per round and strategy, mean ± sd over seeds; each strategy's final round against
-    random by a Wilcoxon signed-rank test over test images, seeds averaged per image) and ``OUT/dice_vs_labels.png``."""
+    """``OUT/loop.md`` (test Dice per round and strategy, mean ± sd over seeds; the labels each strategy needs to
+    reach random's final Dice; each strategy's final round against random by a Wilcoxon signed-rank test over test
+    images, seeds averaged per image, Holm-adjusted together), ``OUT/dice_vs_labels.png`` and ``OUT/picks.png``
+    (which images each strategy added)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.comparison import image_scores, paired_test
+    from common.comparison import holm, image_scores, paired_test
 
     lines = ["# Simulated annotation loop", "", f"Seeds {', '.join(map(str, seeds))}; test Dice, mean ± sd over seeds.",
              "", "| strategy | " + " | ".join(f"round {r}" for r in range(len(record[next(iter(record))]["rounds"])))
              + " |", "|---|" + "---|" * len(record[next(iter(record))]["rounds"])]
-    finals = {}
+    finals, curves = {}, {}
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for strategy in strategies:
         runs = [record[f"{strategy}_seed{s}"]["rounds"] for s in seeds if f"{strategy}_seed{s}" in record]
@@ -164,20 +199,32 @@ def write_report(record: dict, out: str, strategies: list[str], seeds: list[int]
         lines.append(f"| {strategy} | " + " | ".join(f"{m:.4f} ± {s:.4f} ({k} labels)" for m, s, k in
                                                      zip(means, sds, labels)) + " |")
         ax.errorbar(labels, means, yerr=sds, marker="o", capsize=3, label=strategy)
+        curves[strategy] = list(zip(labels, means))
         finals[strategy] = image_scores([r[n - 1]["per_image_dice"] for r in runs])
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test Dice")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "dice_vs_labels.png"), dpi=120)
-    lines += ["", "Final round against random (Wilcoxon signed-rank over test images, seeds averaged per image):", ""]
-    for strategy, scores in finals.items():
-        if strategy != "random" and "random" in finals:
-            t = paired_test(scores, finals["random"])
-            verdict = ("n too small for any p < 0.05" if t["min_p"] >= 0.05 else
-                       "inside the noise" if t["p"] >= 0.05 else "a real difference")
-            lines.append(f"- {strategy} vs random: mean difference {t['mean_diff']:+.4f}, n = {t['n']}, "
-                         f"p = {t['p']:.4f} ({verdict})")
+    plt.close(fig)
+    _plot_picks(record, strategies, seeds, os.path.join(out, "picks.png"))
+    if "random" in curves:
+        target = curves["random"][-1][1]
+        lines += ["", f"Labels to reach random's final mean Dice ({target:.4f} at {curves['random'][-1][0]} labels):", ""]
+        for strategy, curve in curves.items():
+            reached = _labels_to_reach(curve, target)
+            lines.append(f"- {strategy}: " + (f"{reached} labels" if reached is not None else
+                                              f"not reached in {curve[-1][0]} labels"))
+    tests = {s: paired_test(scores, finals["random"]) for s, scores in finals.items()
+             if s != "random" and "random" in finals}
+    adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
+    lines += ["", "Final round against random (Wilcoxon signed-rank over test images, seeds averaged per image; "
+              "p Holm-adjusted over these tests):", ""]
+    for strategy, t in tests.items():
+        verdict = ("n too small for any p < 0.05" if t["min_p"] >= 0.05 else
+                   "inside the noise" if adjusted[strategy] >= 0.05 else "a real difference")
+        lines.append(f"- {strategy} vs random: mean difference {t['mean_diff']:+.4f}, n = {t['n']}, "
+                     f"p = {t['p']:.4f}, Holm {adjusted[strategy]:.4f} ({verdict})")
     with open(os.path.join(out, "loop.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
