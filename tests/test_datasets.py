@@ -1,3 +1,4 @@
+import json
 import os
 
 import nibabel as nib
@@ -45,6 +46,29 @@ def test_drive_reaches_the_paper_budget_of_20_without_validation(tmp_path, capsy
     every = prepare_dataset("drive", src, str(tmp_path / "all"), image_size=SIZE, val_fraction=0)
     assert len(every["training"]) == 20 and every["validation"] == [] and every["budgets"] == [5, 10, 20]
     assert len(load_datalist(os.path.join(str(tmp_path / "all"), "datalist.json"), "training", limit=20)) == 20
+
+
+def test_synthetic_vessels_are_thin_and_read_as_drive(tmp_path):
+    """``tskd-prepare vessels``: DRIVE's layout made here, converted by the DRIVE converter (field of view as the
+    evaluation mask); the vessels are thin (most vessel pixels touch the background) and seeded."""
+    from common.data.vessels import prepare_vessels, vessel_case
+    from common.pipeline import cli
+
+    cli.prepare_main(["vessels", "--out", str(tmp_path / "vessels"), "--image_size", "64", "--n_train", "6",
+                      "--n_test", "2"])
+    info = json.load(open(tmp_path / "vessels" / "datalist.json"))
+    assert info["labels"] == {"0": "background", "1": "vessel"} and len(info["test"]) == 2
+    assert len(info["training"]) + len(info["validation"]) == 6 and all("roi" in item for item in info["test"])
+    image, mask, fov = vessel_case((128, 128), seed=3)
+    assert image.shape == (128, 128, 3) and set(np.unique(mask)) == {0, 255} and not mask[fov == 0].any()
+    vessel = mask > 0
+    assert 0.03 < vessel[fov > 0].mean() < 0.3
+    inner = vessel[1:-1, 1:-1] & vessel[:-2, 1:-1] & vessel[2:, 1:-1] & vessel[1:-1, :-2] & vessel[1:-1, 2:]
+    assert inner.sum() < 0.5 * vessel.sum()  # thin: most vessel pixels have a background neighbour
+    assert np.array_equal(vessel_case((128, 128), seed=3)[1], mask) and not np.array_equal(
+        vessel_case((128, 128), seed=4)[1], mask)
+    with pytest.raises(DataError):  # the converter's own checks apply
+        prepare_vessels(str(tmp_path / "few"), image_size=64, n_train=1, n_test=1)
 
 
 def test_folder_spacing_option_makes_hd95_millimetres(tmp_path):

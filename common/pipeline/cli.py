@@ -139,6 +139,13 @@ def prepare_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image_size", type=int, default=128)
     demo.add_argument("--stride", type=int, default=2, help="keep every n-th axial slice")
     demo.add_argument("--seed", type=int, default=0, help="split seed")
+    vessels = sub.add_parser("vessels", help="synthetic retinal vessels in DRIVE's layout (thin structures; made here, "
+                             "converted as DRIVE)")
+    vessels.add_argument("--out", required=True, help="output folder (replaced only on success)")
+    vessels.add_argument("--image_size", type=int, default=128)
+    vessels.add_argument("--n_train", type=int, default=20, help="training images (DRIVE: 20)")
+    vessels.add_argument("--n_test", type=int, default=20, help="test images (DRIVE: 20)")
+    vessels.add_argument("--seed", type=int, default=0, help="image and split seed")
     for name in [*DATASETS, "folder"]:
         p = sub.add_parser(name, help=f"convert {name} from its distribution layout" if name != "folder"
                            else "any images/ + labels/ folder (PNG, JPG, BMP, TIF, NIfTI, DICOM)")
@@ -170,6 +177,7 @@ PREPARE_DOC = """Write a dataset as 2D images + masks and a MONAI datalist JSON.
     tskd-prepare demo --out data/demo
     tskd-prepare {kidneyus,autooral,chaos,ph2,drive} --src <as distributed> --out data/<name>
     tskd-prepare folder --src <images/ + labels/> --out data/mine --classes tumour=1,cyst=2
+    tskd-prepare vessels --out data/vessels   (synthetic, DRIVE's layout; then --dataset drive)
     tskd-prepare transfer --datalist data/demo/datalist.json --out data/demo/transfer --size 1000
 
 Every image and mask is checked before anything is written; problems are listed together, and the
@@ -187,6 +195,11 @@ def prepare(args: argparse.Namespace) -> None:
             return
         if args.dataset == "demo":
             info = prepare_demo(args.out, image_size=args.image_size, stride=args.stride, seed=args.seed)
+        elif args.dataset == "vessels":
+            from common.data.vessels import prepare_vessels
+
+            info = prepare_vessels(args.out, image_size=args.image_size, n_train=args.n_train, n_test=args.n_test,
+                                   seed=args.seed)
         else:
             info = prepare_dataset(args.dataset, args.src, args.out, image_size=args.image_size,
                                    classes=getattr(args, "classes", ""), channels=getattr(args, "channels", None),
