@@ -29,16 +29,12 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         self.sessions: dict[tuple[int, ...], object] = {}
 
     def _session(self, x: torch.Tensor, expected: torch.Tensor):
-        import onnxruntime as ort
-
-        from common.models import export_onnx, max_abs_diff
+        from common.models import export_onnx, max_abs_diff, onnx_session
 
         name = "x".join(str(n) for n in x.shape)
         try:
             path = export_onnx(self.network, x, os.path.join(self.folder, f"model_{name}.onnx"))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            session = onnx_session(path, self.threads)
             difference = max_abs_diff(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected)
         except Exception as e:  # noqa: BLE001 - any exporter or runtime failure falls back to torch
             logger.warning(f"tskd: serving {name} inputs with torch (the ONNX export failed: {e})")

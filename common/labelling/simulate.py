@@ -181,7 +181,7 @@ def write_report(record: dict, out: str, strategies: list[str], seeds: list[int]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.comparison import holm, image_scores, paired_test
+    from common.comparison import compare_methods, image_scores
 
     lines = ["# Simulated annotation loop", "", f"Seeds {', '.join(map(str, seeds))}; test Dice, mean ± sd over seeds.",
              "", "| strategy | " + " | ".join(f"round {r}" for r in range(len(record[next(iter(record))]["rounds"])))
@@ -210,21 +210,19 @@ def write_report(record: dict, out: str, strategies: list[str], seeds: list[int]
     _plot_picks(record, strategies, seeds, os.path.join(out, "picks.png"))
     if "random" in curves:
         target = curves["random"][-1][1]
-        lines += ["", f"Labels to reach random's final mean Dice ({target:.4f} at {curves['random'][-1][0]} labels):", ""]
+        lines += ["", f"Labels to reach random's final mean Dice ({target:.4f} at {curves['random'][-1][0]} "
+                  "labels):", ""]
         for strategy, curve in curves.items():
             reached = _labels_to_reach(curve, target)
             lines.append(f"- {strategy}: " + (f"{reached} labels" if reached is not None else
                                               f"not reached in {curve[-1][0]} labels"))
-    tests = {s: paired_test(scores, finals["random"]) for s, scores in finals.items()
-             if s != "random" and "random" in finals}
-    adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
     lines += ["", "Final round against random (Wilcoxon signed-rank over test images, seeds averaged per image; "
               "p Holm-adjusted over these tests):", ""]
-    for strategy, t in tests.items():
+    for strategy, t in compare_methods(finals, "random").items():  # random - strategy: the sign is turned
         verdict = ("n too small for any p < 0.05" if t["min_p"] >= 0.05 else
-                   "inside the noise" if adjusted[strategy] >= 0.05 else "a real difference")
-        lines.append(f"- {strategy} vs random: mean difference {t['mean_diff']:+.4f}, n = {t['n']}, "
-                     f"p = {t['p']:.4f}, Holm {adjusted[strategy]:.4f} ({verdict})")
+                   "inside the noise" if t["p_holm"] >= 0.05 else "a real difference")
+        lines.append(f"- {strategy} vs random: mean difference {-t['mean_diff']:+.4f}, n = {t['n']}, "
+                     f"p = {t['p']:.4f}, Holm {t['p_holm']:.4f} ({verdict})")
     with open(os.path.join(out, "loop.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from common.errors import TskdError
 
-__all__ = ["trace_model", "export_onnx", "max_abs_diff", "count_gflop"]
+__all__ = ["trace_model", "export_onnx", "onnx_session", "max_abs_diff", "count_gflop"]
 
 
 def count_gflop(model: nn.Module, x: torch.Tensor) -> float:
@@ -78,3 +78,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str, opset: int =
         torch.onnx.export(model.eval(), (example,), path, input_names=["image"], output_names=["pred"],
                           opset_version=opset, dynamo=True, external_data=False)
     return path
+
+
+def onnx_session(path: str, threads: int):
+    """An ONNX Runtime CPU session of ``path`` using ``threads`` intra-op threads (one inter-op)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

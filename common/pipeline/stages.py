@@ -17,8 +17,8 @@ from common.pipeline.profiles import HEAD_PRETRAINED, SELF_SUPERVISED, describe_
 from common.pipeline.report import transfer_report
 from common.provenance import Artifact, content_key, file_sha256, read_json
 
-__all__ = ["train_bundle", "evaluate_bundle", "infer_bundle", "stage_overrides", "stage_seconds", "teacher_stage", "transfer_stage",
-           "student_stages"]
+__all__ = ["train_bundle", "evaluate_bundle", "infer_bundle", "stage_overrides", "stage_seconds", "teacher_stage",
+           "transfer_stage", "student_stages"]
 
 WEIGHTS = "models/model.pt"
 

@@ -51,7 +51,7 @@ def matmul_rate(n: int, min_seconds: float) -> float:
 
 def bench_size(size: int, args) -> list[dict]:
     from common.models import (build_dynunet, build_litemedsam_teacher, build_vit_fpn, count_gflop, export_onnx,
-                               merge_qv_lora, sam_architecture, trace_model)
+                               merge_qv_lora, onnx_session, sam_architecture, trace_model)
 
     rows = []
     x = torch.rand(1, 1, size, size)
@@ -69,15 +69,13 @@ def bench_size(size: int, args) -> list[dict]:
     with torch.inference_mode():
         add(f"student ({args.fpn}) TorchScript", traced, lambda: traced(x), flops)
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 (onnx_session needs it)
     except ImportError:
         print("  onnxruntime is not installed (pip install -r requirements.txt): no ONNX Runtime row", flush=True)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(student, x, os.path.join(tmp, "student.onnx"))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            session = onnx_session(path, args.threads)
             feed = {"image": x.numpy()}
             add(f"student ({args.fpn}) ONNX Runtime", session, lambda: session.run(None, feed), flops)
 
