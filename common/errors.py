@@ -8,11 +8,14 @@ fix; ``install_excepthook`` prints just that message (set ``TSKD_TRACEBACK=1`` f
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 from types import TracebackType
 
-__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook", "first_line", "find_tskd_error"]
+__all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook", "first_line", "find_tskd_error",
+           "disk_full_error"]
 
 # DataLoader workers re-raise errors in the main process by message only, so the marker also lets the
 # hook recognise an error whose class was lost on the way.
@@ -44,6 +47,34 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
+# What torch's checkpoint writer says when the disk fills up under it (it does not pass on ENOSPC).
+_TORCH_WRITE_FAILED = ("unexpected pos", "iostream error", "PytorchStreamWriter failed writing")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _TORCH_WRITE_FAILED)
+
+
+def disk_full_error(exc: BaseException, path: str = "") -> TskdError | BaseException:
+    """A failed write as one ``TskdError`` naming the file (when known), the space left on its disk and the fix;
+    ``exc`` itself when it is not a failed write."""
+    if not _is_write_failure(exc):
+        return exc
+    path = path or getattr(exc, "filename", None) or ""
+    folder = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on that disk"
+    except OSError:
+        free = "its disk could not be read"
+    target = f"'{path}'" if path else "a file"
+    return TskdError(f"could not write {target} ({first_line(exc, 80)}; {free}): free some space, or write the run to "
+                     f"another disk (--out, or the bundle's --bundle_root).")
+
+
 def find_tskd_error(exc: BaseException | None) -> TskdError | None:
     """The ``TskdError`` an exception was raised from, however deeply chained (e.g. inside MONAI's "Failed to
     instantiate component" wrapper), or a new one carrying the message of an error whose class was lost on the
@@ -53,6 +84,8 @@ def find_tskd_error(exc: BaseException | None) -> TskdError | None:
         seen.add(id(exc))
         if isinstance(exc, TskdError):
             return exc
+        if _is_write_failure(exc):
+            return disk_full_error(exc)  # type: ignore[return-value]
         text = str(exc)
         if MARKER in text:
             return TskdError(text.split(MARKER, 1)[1].strip() or type(exc).__name__)

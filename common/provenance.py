@@ -10,6 +10,7 @@ with one line naming the holder; the two never interleave writes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -19,11 +20,10 @@ import sys
 import time
 from typing import Any
 
-from common.errors import TskdError
+from common.errors import TskdError, disk_full_error
 
 __all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "hidden_lock", "file_sha256", "module_digest",
-           "read_json",
-           "tensor_bytes", "write_json", "check_writable"]
+           "read_json", "save_torch", "tensor_bytes", "write_json", "check_writable"]
 
 
 def content_key(inputs: Any) -> str:
@@ -73,6 +73,22 @@ def write_json(path: str, value: Any) -> None:
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1)
     os.replace(tmp, path)
+
+
+def save_torch(obj: Any, path: str) -> str:
+    """``torch.save`` atomically: a kill or a full disk leaves the old file or none, never half of one; a failed
+    write is one error naming the file, the space left on its disk and the fix."""
+    import torch
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise disk_full_error(e, path) from e
+    return path
 
 
 def check_writable(folder: str, flag: str = "--out", error: type[TskdError] = TskdError, what: str = "") -> str:

@@ -38,6 +38,21 @@ def run_ok(cmd: list[str], cwd: str, timeout: int = 900, env: dict | None = None
     return result
 
 
+@pytest.fixture
+def run_stage(capfd):
+    """Run a stage's bundle in process, as tskd-run runs it: ``run_stage("demo_student", ("train",), root,
+    **overrides)`` returns the run's log (its captured stdout and stderr); its errors propagate."""
+    from common.pipeline.bundles import run_bundle
+
+    def run(bundle: str, configs: tuple[str, ...], root, **overrides) -> str:
+        capfd.readouterr()
+        run_bundle(*bundle.split("_", 1), tuple(configs), str(root), overrides)
+        out = capfd.readouterr()
+        return out.out + out.err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def trained_demo_student(tmp_path_factory):
     """The demo student bundle trained 1 epoch and evaluated at its own size (128²) on a few real slices:

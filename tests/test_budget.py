@@ -19,18 +19,14 @@ def test_budget_epochs_hold_the_step_budget():
     assert budget_epochs(40, steps=3, epoch_length=25) == 1
 
 
-def test_a_tiny_and_a_larger_set_train_the_same_steps_and_early_stop_ends_the_run(demo_small, tmp_path, capfd):
+def test_a_tiny_and_a_larger_set_train_the_same_steps_and_early_stop_ends_the_run(demo_small, tmp_path, run_stage):
     """Step budgets do not depend on the set's size; with nothing to learn (lr 0) the run stops after
     ``patience`` validations, records it, and running it again trains a new run instead of resuming. The
     student bundle runs in process, as tskd-run runs it; its log is read from the captured output."""
-    from common.pipeline.bundles import run_bundle
 
     def train(root, **overrides):
-        capfd.readouterr()
-        run_bundle("demo", "student", ("train",), str(root), {"dataset_dir": demo_small, "image_size": 64,
-                                                             "batch_size": 2, **overrides})
-        out = capfd.readouterr()
-        return out.out + out.err
+        return run_stage("demo_student", ("train",), root, dataset_dir=demo_small, image_size=64, batch_size=2,
+                         **overrides)
 
     for labels in (1, 0):  # one labelled image (a batch is cycled through), and all of them
         root = tmp_path / f"labels{labels}"

@@ -71,17 +71,12 @@ def pretrain_inputs(demo_small, tmp_path_factory):
 
 
 @pytest.mark.parametrize("bundle", DEMO)
-def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inputs, capfd):
+def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inputs, run_stage):
     """train -> evaluate -> inference of each bundle, in process as tskd-run runs it (`python -m monai.bundle run`
     itself: the killed-run, no-validation and bad-input tests)."""
-    from common.pipeline.bundles import run_bundle
 
     def run(configs, root, of=bundle, **overrides):
-        """The bundle ``of``'s ``configs`` run into ``root``; its log."""
-        capfd.readouterr()
-        run_bundle(*of.split("_", 1), configs, str(root), {"dataset_dir": demo_small, "image_size": 64, **overrides})
-        out = capfd.readouterr()
-        return out.out + out.err
+        return run_stage(of, configs, root, dataset_dir=demo_small, image_size=64, **overrides)
 
     common = {"batch_size": 2}
     tracking = {"tracking": "mlflow"} if bundle.endswith("student") else {}
@@ -126,22 +121,18 @@ def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inpu
     assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1, 2}
 
 
-def test_student_training_resumes(demo_small, tmp_path, capfd):
+def test_student_training_resumes(demo_small, tmp_path, run_stage):
     """Resuming, refusing a checkpoint of other settings, skipping a cut-short checkpoint and starting a finished run
     anew; each run in process as tskd-run runs it, its log read from the captured output."""
     from common.errors import TskdError
-    from common.pipeline.bundles import run_bundle
 
     def run(**overrides):
         """(finished, the run's log or its one-line error)."""
-        capfd.readouterr()
         try:
-            run_bundle("demo", "student", ("train",), str(tmp_path), {"dataset_dir": demo_small, "image_size": 64,
-                                                                      "batch_size": 4, **overrides})
+            return True, run_stage("demo_student", ("train",), tmp_path, dataset_dir=demo_small, image_size=64,
+                                   batch_size=4, **overrides)
         except TskdError as e:
             return False, e.message
-        out = capfd.readouterr()
-        return True, out.out + out.err
 
     models = tmp_path / "models"
     assert run(epochs=2)[0]

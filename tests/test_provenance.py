@@ -116,3 +116,31 @@ def test_records_are_written_whole_and_a_lock_is_reentrant_in_one_process(tmp_pa
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_checkpoint_write_that_fills_the_disk_is_one_error_and_leaves_no_half_file(tmp_path):
+    """A real failed write (its temporary file points at /dev/full, which answers every write with ENOSPC):
+    torch's own error is turned into one line naming the file, the free space and the fix; no file is left."""
+    import torch
+
+    from common.errors import TskdError, find_tskd_error
+    from common.provenance import save_torch
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    path = str(tmp_path / "model.pt")
+    save_torch({"w": torch.ones(3)}, path)
+    os.symlink("/dev/full", f"{path}.{os.getpid()}.tmp")
+    with pytest.raises(TskdError) as failed:
+        save_torch({"w": torch.zeros(100_000)}, path)
+    message = failed.value.message
+    assert message.startswith(f"could not write '{path}'") and "MiB free on that disk" in message, message
+    assert "--out" in message and sorted(os.listdir(tmp_path)) == ["model.pt"]
+    assert torch.load(path, weights_only=True)["w"].tolist() == [1.0, 1.0, 1.0]  # the old file, whole
+    # The same torch error raised elsewhere (e.g. MONAI's checkpoint saver) is recognised on its way out.
+    try:
+        torch.save({"w": torch.zeros(100_000)}, "/dev/full")
+    except RuntimeError as e:
+        assert find_tskd_error(e).message.startswith("could not write a file (")
+    else:
+        pytest.fail("writing to /dev/full did not fail")

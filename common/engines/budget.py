@@ -20,10 +20,10 @@ import logging
 import math
 import os
 
-import torch
 from ignite.engine import Engine, Events
 
 from common.engines.distributed import is_rank0
+from common.provenance import save_torch
 from common.settings import check_positive
 
 __all__ = ["budget_epochs", "ValidationTracker", "read_training_record", "RecipeRecord", "read_recipe"]
@@ -86,8 +86,7 @@ class ValidationTracker:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, self.filename)
-        torch.save(self.model.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)  # a kill while saving never leaves half a model
+        save_torch(self.model.state_dict(), path)  # a kill while saving never leaves half a model
 
     def __call__(self, engine: Engine) -> None:
         state = self.validator.state

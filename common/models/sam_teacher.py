@@ -25,6 +25,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from common.errors import CheckpointError
 from common.models.checkpoints import TrainableState, check_state_dict, load_state_file
 from common.models.lora import apply_qv_lora, merge_qv_lora
+from common.provenance import save_torch
 from common.settings import LITEMEDSAM_MULTIPLE, check_image_size
 
 __all__ = ["SamTeacher", "export_merged_teacher", "build_sam_teacher", "build_litemedsam_teacher", "build_teacher", "fit_sam_state_dict",
@@ -316,5 +317,4 @@ def export_merged_teacher(teacher: SamTeacher, trained: str, out: str) -> str | 
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
         return None
     TrainableState(teacher).load_state_dict(load_state_file(trained, "trained teacher checkpoint"), path=trained)
-    torch.save(teacher.merged_state_dict(), out)
-    return out
+    return save_torch(teacher.merged_state_dict(), out)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from common.provenance import save_torch
 from common.synth.diffusion import write_synthetic_set
 from common.synth.quality import load_images, quality_report
 
@@ -52,5 +53,4 @@ def report_folder(synth_dir: str, reference: str, transform: Callable) -> dict:
 
 def save_generator(model: nn.Module, path: str) -> str:
     """Write the generator's (EMA) weights as the bundle's ``models/model.pt``."""
-    torch.save(model.state_dict(), path)
-    return path
+    return save_torch(model.state_dict(), path)
