@@ -119,6 +119,19 @@ def test_bundle_train_evaluate_infer(bundle, demo_small, tmp_path, pretrain_inpu
 
     seg = np.asarray(nib.load(str(tmp_path / "eval" / "predictions" / predictions[0])).dataobj)
     assert seg.shape == (64, 64) and set(np.unique(seg)) <= {0, 1, 2}
+    if bundle.endswith("student"):
+        # Label maps written by inference, scored as another tool's predictions are, give the evaluation's report.
+        from common.data import read_prediction
+        from common.engines import score_label_maps
+
+        labels = [nib.load(os.path.join(demo_small, item["label"])) for item in test_items]
+        pairs = [(read_prediction(str(tmp_path / "eval" / "predictions"), item["image"]), np.asarray(label.dataobj))
+                 for item, label in zip(test_items, labels)]
+        scored = score_label_maps(pairs, ["background", "grey_matter", "white_matter"],
+                                  spacing=labels[0].header.get_zooms()[:2])
+        for key in ("mean_dice", "mean_hd95", "mean_iou"):
+            assert scored[key] == pytest.approx(report[key], abs=1e-5), key
+        assert scored["per_class"]["white_matter"]["images"] == report["per_class"]["white_matter"]["images"]
 
 
 def test_student_training_resumes(demo_small, tmp_path, run_stage):

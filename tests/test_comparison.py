@@ -116,16 +116,17 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
             sys.exit("stage failed (exit 1): python -m monai.bundle run ...")  # a failing stage
         return real_evaluate(dataset, stage, root, overrides, isolate)
 
-    monkeypatch.setattr(grid_cells, "evaluate_bundle", interrupted)
+    for module in (grid_cells, stages):  # the students' evaluation, and the reference stage's
+        monkeypatch.setattr(module, "evaluate_bundle", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli.grid_main(argv)
     cells = sorted(os.listdir(out / "cells"))
     assert "dynunet_labels3_seed1235.json" in cells and "tskd_labels3_transfer8_seed1235.json" not in cells
-    monkeypatch.setattr(grid_cells, "evaluate_bundle", real_evaluate)
+    for module in (grid_cells, stages):
+        monkeypatch.setattr(module, "evaluate_bundle", real_evaluate)
     trained = []
     real_train = stages.train_bundle
-    for module in (grid_cells, stages):  # the reference cell's stage, and the shared stages of the others
-        monkeypatch.setattr(module, "train_bundle", lambda *a, **k: trained.append(a[2]) or real_train(*a, **k))
+    monkeypatch.setattr(stages, "train_bundle", lambda *a, **k: trained.append(a[2]) or real_train(*a, **k))
     cli.grid_main(argv)
     # Finished cells are not run again; the failed one and the interrupted one are.
     assert not any("seed1234" in root for root in trained)

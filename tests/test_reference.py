@@ -106,3 +106,49 @@ def test_reference_bundle_trains_with_the_recipe():
     assert net.deep_supervision and net.deep_supr_num == deep_supervision_heads(parser["image_size"])
     settings = json.dumps(parser.config["run_settings"])
     assert "nnU-Net 2D" in settings
+
+
+def test_the_nnunet_comparison_writes_tskds_split_in_nnunets_layout_and_scores_like_an_evaluation(demo_small, tmp_path):
+    """nnU-Net itself is not installed here (it is run by scripts/bench/nnunet_reference.py from an environment of
+    its own); what tskd adds around it is: the split in nnU-Net's raw layout with fold 0 = tskd's validation split,
+    the test split scored by tskd's metrics, and one line saying how to install nnU-Net when it is missing."""
+    import nibabel as nib
+    import numpy as np
+
+    from common.data import load_datalist
+    from common.errors import TskdError
+    from common.pipeline.nnunet import find_nnunet, score_nnunet, write_nnunet_dataset
+
+    facts = write_nnunet_dataset(demo_small, 3, str(tmp_path / "raw"), 901, "demo3")
+    folder = tmp_path / "raw" / "Dataset901_demo3"
+    datalist = os.path.join(demo_small, "datalist.json")
+    train, val, test = (load_datalist(datalist, k) for k in ("training", "validation", "test"))
+    assert facts["dataset"] == "Dataset901_demo3" and len(facts["split"]["train"]) == 3
+    assert facts["split"]["val"] == [os.path.basename(i["image"]).split(".")[0] for i in val]
+    assert sorted(os.listdir(folder / "labelsTr")) == sorted(f"{c}.nii.gz" for c in facts["split"]["train"] + facts["split"]["val"])
+    assert len(os.listdir(folder / "imagesTs")) == len(test) and all(n.endswith("_0000.nii.gz") for n in os.listdir(folder / "imagesTs"))
+    meta = json.load(open(folder / "dataset.json"))
+    assert meta["labels"] == {"background": 0, "grey_matter": 1, "white_matter": 2} and meta["numTraining"] == 3 + len(val)
+    source, copied = nib.load(train[0]["image"]), nib.load(folder / "imagesTr" / f"{facts['split']['train'][0]}_0000.nii.gz")
+    assert np.array_equal(np.asarray(source.dataobj), np.asarray(copied.dataobj))
+    assert np.allclose(source.affine, copied.affine)
+
+    # Predictions equal to the ground truth score 1; one emptied white matter costs that image's white-matter Dice.
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    for case, item in facts["test"].items():
+        label = nib.load(item["label"])
+        nib.save(nib.Nifti1Image(np.asarray(label.dataobj), label.affine), str(predictions / f"{case}.nii.gz"))
+    names = ["background", "grey_matter", "white_matter"]
+    assert score_nnunet(str(predictions), facts["test"], names)["mean_dice"] == pytest.approx(1.0)
+    case, item = next(iter(facts["test"].items()))
+    label = np.asarray(nib.load(item["label"]).dataobj)
+    nib.save(nib.Nifti1Image(np.where(label == 2, 0, label).astype(label.dtype), nib.load(item["label"]).affine),
+             str(predictions / f"{case}.nii.gz"))
+    report = score_nnunet(str(predictions), facts["test"], names)
+    assert report["per_image"]["dice"][0] == [1.0, 0.0] and report["per_class"]["grey_matter"]["dice"] == pytest.approx(1.0)
+    os.remove(predictions / f"{case}.nii.gz")
+    with pytest.raises(TskdError, match=f"no prediction for test case {case}"):
+        score_nnunet(str(predictions), facts["test"], names)
+    with pytest.raises(TskdError, match="nnunetv2"):
+        find_nnunet(str(tmp_path))

@@ -3,7 +3,8 @@ from common.engines.handlers import (NaNLossGuard, ResumableCheckpoint, RunState
                                      latest_checkpoint)
 from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler, EmptyAwareDiceMetric, EmptyAwareIoUMetric,
                                     HD95Handler, ImageCaseMetric, IoUHandler, MetricsReport,
-                                    PhysicalHausdorffDistanceMetric, format_report, summarise_metric_details)
+                                    PhysicalHausdorffDistanceMetric, format_report, score_label_maps,
+                                    summarise_metric_details)
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer, optimisation_step
 from common.engines.selfsup_trainer import SelfSupervisedTrainer
 from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, kd_dataset

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -34,7 +34,7 @@ from monai.metrics import CumulativeIterationMetric, DiceMetric, HausdorffDistan
 
 __all__ = ["VolumeMetrics", "EmptyAwareDiceMetric", "EmptyAwareIoUMetric", "PhysicalHausdorffDistanceMetric", "ImageCaseMetric",
            "DiceHandler", "IoUHandler", "HD95Handler", "CaseCountHandler", "MetricsReport",
-           "summarise_metric_details", "format_report", "BOTH_EMPTY", "CASES"]
+           "summarise_metric_details", "score_label_maps", "format_report", "BOTH_EMPTY", "CASES"]
 
 BOTH_EMPTY = ("exclude", "one")
 # ImageCaseMetric codes, per image and class.
@@ -213,6 +213,29 @@ def summarise_metric_details(details: dict[str, torch.Tensor], names: dict[str, 
         finite = [v for v in per_class if not math.isnan(v)]
         report[f"mean_{key}"] = sum(finite) / len(finite) if finite else float("nan")
     return report
+
+
+def score_label_maps(pairs: Iterable[tuple], class_names: Sequence[str], spacing: Sequence[float], unit: str = "mm",
+                     both_empty: str = "exclude") -> dict:
+    """The report an evaluation bundle writes, for label maps made elsewhere (another tool's predictions).
+
+    Args:
+        pairs: (prediction, ground truth) integer label maps of one image each, in evaluation order.
+        class_names: all class names, background first.
+        spacing: the pixel spacing HD95 is measured in (``unit``).
+        both_empty: ``exclude`` or ``one`` (see the module docstring).
+    """
+    n = len(class_names)
+    metrics = {"dice": EmptyAwareDiceMetric(both_empty=both_empty), "iou": EmptyAwareIoUMetric(both_empty=both_empty),
+               "hd95": PhysicalHausdorffDistanceMetric(include_background=False, percentile=95, both_empty=both_empty),
+               "cases": ImageCaseMetric()}
+    for pred, label in pairs:
+        onehot = [torch.nn.functional.one_hot(torch.as_tensor(m).long(), n).movedim(-1, 0)[None].float()
+                  for m in (pred, label)]
+        for name, metric in metrics.items():
+            metric(*onehot, **({"spacing": [float(s) for s in spacing]} if name == "hd95" else {}))
+    return summarise_metric_details({k: m.get_buffer() for k, m in metrics.items()}, {k: k for k in metrics},
+                                    list(class_names)[1:], unit)
 
 
 class VolumeMetrics:

@@ -18,7 +18,7 @@ from common.pipeline.report import transfer_report
 from common.provenance import Artifact, content_key, file_sha256, read_json
 
 __all__ = ["train_bundle", "evaluate_bundle", "infer_bundle", "stage_overrides", "stage_seconds", "teacher_stage",
-           "transfer_stage", "student_stages"]
+           "transfer_stage", "student_stages", "reference_stage"]
 
 WEIGHTS = "models/model.pt"
 
@@ -77,6 +77,15 @@ def infer_bundle(dataset: str, stage: str, root: str, overrides: dict, isolate: 
     predictions folder."""
     run_bundle(dataset, stage, ("inference",), root, overrides, isolate=isolate)
     return overrides.get("output_dir") or os.path.join(root, "eval", "predictions")
+
+
+def reference_stage(config: RunConfig, data_dir: str, root: str, seed: int, isolate: bool = False) -> dict:
+    """The DynUNet reference (nnU-Net's 2D recipe) trained into ``root`` on ``config``'s labels with the student's
+    budget of its profile (made once per settings), then evaluated on the test split; returns its metrics report."""
+    base = {**config.base_overrides(data_dir), "seed": seed}
+    train_bundle(config.dataset, "reference", root,
+                 {**base, **stage_budget(config.profile_settings, "student"), "labels": config.labels}, isolate=isolate)
+    return evaluate_bundle(config.dataset, "reference", root, base, isolate=isolate)
 
 
 def _transfer_folder(folder: str, inputs: dict, make) -> str:

@@ -12,9 +12,9 @@ from common.errors import TskdError
 from common.pipeline.bundles import bundle_properties
 from common.pipeline.grid.records import CellRecords, mlflow_store
 from common.pipeline.grid.spec import GridSpec, cell_id, check_grid_settings, label_budgets
-from common.pipeline.profiles import PRETRAINED, PROFILES, stage_budget
-from common.pipeline.stages import (evaluate_bundle, infer_bundle, stage_seconds, student_stages, teacher_stage,
-                                    train_bundle)
+from common.pipeline.profiles import PRETRAINED, PROFILES
+from common.pipeline.stages import (evaluate_bundle, infer_bundle, reference_stage, stage_seconds, student_stages,
+                                    teacher_stage)
 from common.provenance import check_writable
 
 __all__ = ["Grid", "Cell"]
@@ -146,13 +146,9 @@ class Grid:
         return report, extra, [os.path.join(student_root, "eval", "metrics.json")]
 
     def _reference_work(self, cell: Cell):
-        config = self.spec.cell_config("scratch", cell.labels, 0)
         root = os.path.join(self.out, "reference", f"labels{cell.labels}_seed{cell.seed}")
-        base = {**config.base_overrides(self.data_dir), "seed": cell.seed}
-        train_bundle(self.spec.dataset, "reference", root,
-                     {**base, **stage_budget(self.profile, "student"), "labels": config.labels},
-                     isolate=self.spec.isolate_stages)
-        report = self.evaluate("reference", root, base)
+        report = reference_stage(self.spec.cell_config("scratch", cell.labels, 0), self.data_dir, root, cell.seed,
+                                 isolate=self.spec.isolate_stages)
         return report, {"train_seconds": stage_seconds(root), "root": root}, [os.path.join(root, "eval", "metrics.json")]
 
     def bundle_value(self, stage: str, name: str):
