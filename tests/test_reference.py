@@ -152,3 +152,18 @@ def test_the_nnunet_comparison_writes_tskds_split_in_nnunets_layout_and_scores_l
         score_nnunet(str(predictions), facts["test"], names)
     with pytest.raises(TskdError, match="nnunetv2"):
         find_nnunet(str(tmp_path))
+
+
+def test_mirror_inferer_averages_the_softmax_over_every_flip_of_the_spatial_axes():
+    from common.engines import MirrorInferer
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    x = torch.randn(2, 1, 8, 6)
+    by_hand = sum(torch.flip(torch.softmax(net(torch.flip(x, d) if d else x), 1), d) if d else torch.softmax(net(x), 1)
+                  for d in ((), (2,), (3,), (2, 3))) / 4
+    out = MirrorInferer()(x, net)
+    assert out.shape == (2, 3, 8, 6) and torch.allclose(torch.softmax(out, 1), by_hand, atol=1e-6)
+    # A flip of the input flips the mirrored prediction exactly (a plain network's would not).
+    assert torch.allclose(MirrorInferer()(torch.flip(x, (3,)), net), torch.flip(out, (3,)), atol=1e-6)
+    assert not torch.allclose(net(torch.flip(x, (3,))), torch.flip(net(x), (3,)), atol=1e-3)

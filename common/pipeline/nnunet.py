@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = ["NNUNET_INSTALL", "find_nnunet", "write_nnunet_dataset", "run_nnunet"
 NNUNET_INSTALL = ("install nnU-Net v2 beside tskd, in an environment of its own: `python -m venv nnunet-venv && "
                   "nnunet-venv/bin/pip install torch==2.14.1 nnunetv2`, then pass --nnunet_bin nnunet-venv/bin")
 TOOLS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict")
+ITERATIONS_PER_EPOCH = 250  # nnUNetTrainer's num_iterations_per_epoch
 
 
 def find_nnunet(bin_dir: str = "") -> str:
@@ -100,34 +102,41 @@ def _call(bin_dir: str, tool: str, args: list[str], env: dict, log: str) -> floa
     return time.time() - start
 
 
-def run_nnunet(data_dir: str, labels: int, work: str, dataset_id: int, name: str, epochs: int, bin_dir: str,
+def run_nnunet(data_dir: str, labels: int, work: str, dataset_id: int, name: str, epochs: Sequence[int], bin_dir: str,
                threads: int = 2) -> dict:
-    """Plan, preprocess, train (2D, fold 0 = tskd's split, ``nnUNetTrainer_<epochs>epochs`` on the CPU) and predict
-    the test split with nnU-Net v2 in ``work``; returns the dataset facts, the predictions folder and the seconds
-    each step took. The log of every command is ``work/nnunet.log``."""
+    """Plan and preprocess once, then for each of ``epochs`` train (2D, fold 0 = tskd's split,
+    ``nnUNetTrainer_<epochs>epochs`` on the CPU) and predict the test split, with nnU-Net v2 in ``work``.
+
+    Returns:
+        The dataset's facts (``write_nnunet_dataset``), nnU-Net's 2D ``plan`` (batch, patch, spacing), the planning
+        seconds and ``runs``: per epochs, its ``trainer``, ``steps``, ``predictions`` folder and ``seconds`` (train,
+        predict). The output of every command is in ``work/nnunet.log``.
+    """
     os.makedirs(work, exist_ok=True)
     roots = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     env = {**os.environ, **roots, "nnUNet_n_proc_DA": str(threads), "OMP_NUM_THREADS": str(threads)}
     facts = write_nnunet_dataset(data_dir, labels, roots["nnUNet_raw"], dataset_id, name)
     log = os.path.join(work, "nnunet.log")
-    trainer = f"nnUNetTrainer_{epochs}epochs" if epochs != 1 else "nnUNetTrainer_1epoch"
-    seconds = {"plan": _call(bin_dir, "nnUNetv2_plan_and_preprocess",
-                             ["-d", str(dataset_id), "-c", "2d", "-np", str(threads), "--verify_dataset_integrity"],
-                             env, log)}
-    with open(os.path.join(roots["nnUNet_preprocessed"], facts["dataset"], "splits_final.json"), "w") as f:
+    plan_seconds = _call(bin_dir, "nnUNetv2_plan_and_preprocess",
+                         ["-d", str(dataset_id), "-c", "2d", "-np", str(threads), "--verify_dataset_integrity"], env, log)
+    preprocessed = os.path.join(roots["nnUNet_preprocessed"], facts["dataset"])
+    with open(os.path.join(preprocessed, "splits_final.json"), "w") as f:
         json.dump([facts["split"]], f, indent=1)
-    seconds["train"] = _call(bin_dir, "nnUNetv2_train", [str(dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu"],
-                             env, log)
-    predictions = os.path.join(work, "predictions")
-    seconds["predict"] = _call(bin_dir, "nnUNetv2_predict",
-                               ["-i", os.path.join(facts["folder"], "imagesTs"), "-o", predictions, "-d",
-                                str(dataset_id), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
-                                "-npp", "1", "-nps", "1"], env, log)
-    plans = json.load(open(os.path.join(roots["nnUNet_preprocessed"], facts["dataset"], "nnUNetPlans.json")))
-    plan = plans["configurations"]["2d"]
-    return {**facts, "predictions": predictions, "seconds": seconds, "trainer": trainer,
-            "plan": {k: plan.get(k) for k in ("batch_size", "patch_size", "spacing")},
-            "steps": epochs * 250}
+    runs = {}
+    for n in epochs:
+        trainer = "nnUNetTrainer_1epoch" if n == 1 else f"nnUNetTrainer_{n}epochs"
+        seconds = {"train": _call(bin_dir, "nnUNetv2_train",
+                                  [str(dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu"], env, log)}
+        predictions = os.path.join(work, f"predictions_{trainer}")
+        seconds["predict"] = _call(bin_dir, "nnUNetv2_predict",
+                                   ["-i", os.path.join(facts["folder"], "imagesTs"), "-o", predictions, "-d",
+                                    str(dataset_id), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
+                                    "-npp", "1", "-nps", "1"], env, log)
+        runs[n] = {"trainer": trainer, "steps": n * ITERATIONS_PER_EPOCH, "predictions": predictions,
+                   "seconds": seconds}
+    plan = json.load(open(os.path.join(preprocessed, "nnUNetPlans.json")))["configurations"]["2d"]
+    return {**facts, "plan": {k: plan.get(k) for k in ("batch_size", "patch_size", "spacing")},
+            "plan_seconds": plan_seconds, "runs": runs}
 
 
 def score_nnunet(predictions: str, test: dict, class_names: list[str], unit: str = "mm") -> dict:

@@ -1,11 +1,11 @@
 """Real nnU-Net v2 against tskd's DynUNet reference row, on the same split, in one run on this machine.
 
-    python scripts/bench/nnunet_reference.py --dataset demo --labels 5,10,all --epochs 4 \
+    python scripts/bench/nnunet_reference.py --dataset demo --labels 5,10,all --epochs 1,10 \
         --nnunet_bin nnunet-venv/bin --out runs/nnunet_reference
 
 For each label budget, one seed: the reference stage (``<dataset>_reference``, DynUNet with nnU-Net's 2D recipe,
 the profile's student budget) and nnU-Net v2's own 2D pipeline (plan, preprocess, ``nnUNetTrainer_<epochs>epochs``
-on the CPU, predict with its test-time mirroring), both trained on the first ``labels`` training images, both
+for each of ``--epochs`` on the CPU, predict with its test-time mirroring), both trained on the first ``labels`` training images, both
 validated on the validation split and scored on the test split by tskd's metrics. Writes ``results.json`` (every
 figure, per-image Dice, wall times, nnU-Net's plan) and ``results.md`` (the table and a paired Wilcoxon test per
 budget). nnU-Net is not installed by tskd: see ``common.pipeline.nnunet``.
@@ -33,17 +33,23 @@ def _row(report: dict) -> dict:
         "image_dice": image_scores([report["per_image"]["dice"]])}
 
 
-def _table(results: list[dict], epochs: int) -> str:
-    lines = ["| labels | DynUNet, nnU-Net 2D recipe (tskd) | nnU-Net v2 2D | difference, p (Wilcoxon, 10 test images) "
-             "| reference steps / s | nnU-Net steps / s |", "|---|---|---|---|---|---|"]
+def _table(results: list[dict]) -> str:
+    epochs = list(results[0]["nnunet"])
+    head = ["labels", "DynUNet, nnU-Net 2D recipe (tskd reference)"] + [
+        f"nnU-Net v2 2D, {e} epoch{'s' if int(e) > 1 else ''} ({int(e) * 250} steps)" for e in epochs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        ref, nn, test = r["reference"], r["nnunet"], r["test"]
-        lines.append(f"| {r['labels']} | {ref['mean_dice']:.4f} (HD95 {ref['mean_hd95']:.1f}) | {nn['mean_dice']:.4f} "
-                     f"(HD95 {nn['mean_hd95']:.1f}) | {test['mean_diff']:+.4f}, p {test['p']:.3g} | "
-                     f"{ref['steps']} / {ref['seconds']} | {nn['steps']} / {nn['seconds']['train']:.0f} |")
-    return ("Mean Dice over classes on the test split (HD95 in the dataset's unit), one seed per budget; difference ="
-            f" nnU-Net − reference. nnU-Net: nnUNetTrainer_{epochs}epochs (250 steps an epoch), CPU.\n\n"
-            + "\n".join(lines) + "\n")
+        ref = r["reference"]
+        cells = [str(r["labels"]), f"{ref['mean_dice']:.4f}, HD95 {ref['mean_hd95']:.1f}; {ref['steps']} steps "
+                                   f"(best {ref['best_step']}), {ref['seconds']} s"]
+        for e in epochs:
+            nn, test = r["nnunet"][e], r["tests"][e]
+            cells.append(f"{nn['mean_dice']:.4f}, HD95 {nn['mean_hd95']:.1f}; {test['mean_diff']:+.4f} (p {test['p']:.3g}, "
+                         f"n {test['n']}); {nn['seconds']['train']:.0f} s")
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("Test split, one seed per budget: mean Dice over classes, mean HD95 (the dataset's unit); for nnU-Net its "
+            "difference from the reference in per-image Dice (nnU-Net − reference, Wilcoxon signed-rank p over the "
+            "test images) and its training seconds on this machine.\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -54,12 +60,14 @@ def main() -> None:
     parser.add_argument("--labels", default="5,10,all", help="label budgets (all: every training image)")
     parser.add_argument("--profile", default="quick", help="the reference's budget: this profile's student budget")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--epochs", type=int, default=4, help="nnU-Net's epochs of 250 steps (its trainer variants)")
+    parser.add_argument("--epochs", default="1,10",
+                        help="nnU-Net budgets, in its epochs of 250 steps (its trainer variants: 1, 5, 10, 20, 50, ...)")
     parser.add_argument("--nnunet_bin", default="", help="folder with nnUNetv2_train etc. (default: PATH)")
     parser.add_argument("--out", default="runs/nnunet_reference")
     args = parser.parse_args()
 
     bin_dir = find_nnunet(args.nnunet_bin)
+    epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
     out = os.path.abspath(args.out)
     data_dir = RunConfig(dataset=args.dataset, data_dir=args.data_dir or None).dataset_folder(out)
     datalist = os.path.join(data_dir, "datalist.json")
@@ -74,19 +82,19 @@ def main() -> None:
         reference = reference_stage(config, data_dir, root, args.seed)
         record = read_training_record(root)
         nn = run_nnunet(data_dir, labels, os.path.join(out, "nnunet", f"labels{budget}"), 900 + i,
-                        f"tskd{args.dataset}labels{budget}", args.epochs, bin_dir)
-        scored = score_nnunet(nn["predictions"], nn["test"], names, unit)
+                        f"tskd{args.dataset}labels{budget}", epochs, bin_dir)
         ref_row = {**_row(reference), "steps": record.get("steps"), "best_step": record.get("best_step"),
                    "seconds": stage_seconds(root) or round(time.time() - start)}
-        nn_row = {**_row(scored), **{k: nn[k] for k in ("seconds", "trainer", "plan", "steps")}}
-        results.append({"labels": budget, "seed": args.seed, "reference": ref_row, "nnunet": nn_row,
-                        "test": paired_test(nn_row["image_dice"], ref_row["image_dice"])})
+        nn_rows = {str(e): {**_row(score_nnunet(run["predictions"], nn["test"], names, unit)),
+                            **{k: run[k] for k in ("seconds", "trainer", "steps")}} for e, run in nn["runs"].items()}
+        results.append({"labels": budget, "seed": args.seed, "reference": ref_row, "nnunet": nn_rows,
+                        "nnunet_plan": nn["plan"],
+                        "tests": {e: paired_test(row["image_dice"], ref_row["image_dice"]) for e, row in nn_rows.items()}})
         with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump({"dataset": args.dataset, "profile": args.profile, "epochs": args.epochs, "results": results},
-                      f, indent=1)
+            json.dump({"dataset": args.dataset, "profile": args.profile, "results": results}, f, indent=1)
         with open(os.path.join(out, "results.md"), "w") as f:
-            f.write(_table(results, args.epochs))
-        print(_table(results, args.epochs), flush=True)
+            f.write(_table(results))
+        print(_table(results), flush=True)
 
 
 if __name__ == "__main__":
