@@ -144,3 +144,25 @@ def test_a_checkpoint_write_that_fills_the_disk_is_one_error_and_leaves_no_half_
         assert find_tskd_error(e).message.startswith("could not write a file (")
     else:
         pytest.fail("writing to /dev/full did not fail")
+
+
+def test_a_stage_trains_again_when_its_bundle_recipe_changes(demo_small, tmp_path, monkeypatch, capfd):
+    """The recipe (the bundle's train.json) is one of a stage's inputs: the same overrides skip a trained stage,
+    a changed default in the bundle trains it again instead of reusing weights of the old recipe."""
+    import shutil
+
+    from common.pipeline import stages
+
+    configs = tmp_path / "bundle" / "configs"
+    shutil.copytree(stages.bundle_folder("demo", "student"), configs)
+    monkeypatch.setattr(stages, "bundle_folder", lambda dataset, stage: str(configs))
+    root, overrides = str(tmp_path / "student"), {"dataset_dir": demo_small, "image_size": 64, "batch_size": 2,
+                                                  "steps": 1, "epoch_length": 1}
+    first = stages.train_bundle("demo", "student", root, overrides)
+    assert stages.train_bundle("demo", "student", root, overrides) == first
+    assert "already trained with these settings" in capfd.readouterr().out
+    recipe = json.load(open(configs / "train.json"))
+    recipe["learning_rate"] = recipe["learning_rate"] / 2
+    json.dump(recipe, open(configs / "train.json", "w"))
+    assert stages.train_bundle("demo", "student", root, overrides) != first
+    assert "already trained" not in capfd.readouterr().out

@@ -108,6 +108,21 @@ def test_reference_bundle_trains_with_the_recipe():
     assert "nnU-Net 2D" in settings
 
 
+def test_the_reference_batch_follows_nnunets_five_percent_rule(demo_small):
+    """A batch covers at most 5 % of the labelled images and holds at least 2 (nnU-Net planned 2 for the demo at 5,
+    10 and 50 labels); the bundle takes it from the images it trains on, and an explicit --batch_size wins."""
+    from common.models import nnunet_batch_size
+
+    assert [nnunet_batch_size(n) for n in (1, 5, 50, 60, 100, 1000)] == [2, 2, 2, 3, 5, 6]
+    assert nnunet_batch_size(1000, largest=64) == 50
+    parser = ConfigParser()
+    parser.read_config(os.path.join(ROOT, "bundles", "demo_reference", "configs", "train.json"))
+    parser.update({"dataset_dir": demo_small, "labels": 3})
+    assert parser.get_parsed_content("batch_size") == 2
+    parser.update({"batch_size": 6})
+    assert parser.get_parsed_content("batch_size") == 6
+
+
 def test_the_nnunet_comparison_writes_tskds_split_in_nnunets_layout_and_scores_like_an_evaluation(demo_small, tmp_path):
     """nnU-Net itself is not installed here (it is run by scripts/bench/nnunet_reference.py from an environment of
     its own); what tskd adds around it is: the split in nnU-Net's raw layout with fold 0 = tskd's validation split,

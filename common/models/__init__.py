@@ -7,4 +7,4 @@ from common.models.vit_fpn import (FPN_PRESETS, SimpleFeaturePyramid, ViTFPN, bu
 from common.models.kd_student import DistillationStudent
 from common.models.selfsup import MaskedAutoencoder, MoCoV3, contrastive_loss, mae_loss, random_masking
 from common.models.export import count_gflop, export_onnx, max_abs_diff, onnx_session, trace_model
-from common.models.reference import build_dynunet, deep_supervision_heads, nnunet_2d_plan
+from common.models.reference import build_dynunet, deep_supervision_heads, nnunet_2d_plan, nnunet_batch_size

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from monai.networks.nets import DynUNet
 
-__all__ = ["build_dynunet", "nnunet_2d_plan", "deep_supervision_heads"]
+__all__ = ["build_dynunet", "nnunet_2d_plan", "nnunet_batch_size", "deep_supervision_heads"]
 
 
 def nnunet_2d_plan(image_size: int, base_filters: int = 32, max_filters: int = 512, min_feature: int = 4,
@@ -26,6 +26,13 @@ def nnunet_2d_plan(image_size: int, base_filters: int = 32, max_filters: int = 5
     levels = len(strides)
     return {"kernel_size": [3] * levels, "strides": strides, "upsample_kernel_size": strides[1:],
             "filters": [min(base_filters * 2 ** i, max_filters) for i in range(levels)]}
+
+
+def nnunet_batch_size(n_images: int, largest: int = 6) -> int:
+    """nnU-Net's rule for the 2D batch when the patch is the whole image: a batch covers at most 5 % of the
+    training images and holds at least 2; ``largest`` caps it where nnU-Net would cap it by GPU memory. On a few
+    dozen images that is 2 (nnU-Net's own plan for the demo at 5, 10 and 50 labels)."""
+    return int(max(2, min(largest, round(0.05 * n_images))))
 
 
 def deep_supervision_heads(image_size: int) -> int:

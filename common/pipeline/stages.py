@@ -11,7 +11,7 @@ import time
 from common.data import make_transfer_set
 from common.data.io import record_written
 from common.models import FPN_PRESETS
-from common.pipeline.bundles import run_bundle
+from common.pipeline.bundles import bundle_folder, run_bundle
 from common.pipeline.config import RunConfig
 from common.pipeline.profiles import HEAD_PRETRAINED, SELF_SUPERVISED, describe_budget, pretrain_recipe, stage_budget
 from common.pipeline.report import transfer_report
@@ -25,17 +25,20 @@ WEIGHTS = "models/model.pt"
 
 def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream: str = "", config: str = "",
                  isolate: bool = False) -> str:
-    """Train one bundle into ``root`` unless it was trained with the same overrides and upstream stages and its
-    weights are still the ones that training wrote (``done.json`` records their sha256, so weights overwritten by
-    another, interrupted run are never mistaken for this run's).
+    """Train one bundle into ``root`` unless it was trained with the same overrides, recipe (the content of the
+    bundle's train.json and ``config``: a changed default trains again) and upstream stages, and its weights are
+    still the ones that training wrote (``done.json`` records their sha256, so weights overwritten by another,
+    interrupted run are never mistaken for this run's).
 
     ``config`` names a short override of the stage's train.json (``mae`` -> ``configs/mae.json``).
 
     Returns:
         A key for the stages after it: this stage's inputs and the weights it wrote.
     """
-    artifact = Artifact(root, {"overrides": overrides, "upstream": upstream, **({"config": config} if config else {})},
-                        outputs=(WEIGHTS,))
+    folder = bundle_folder(dataset, stage)
+    recipe = {name: file_sha256(os.path.join(folder, f"{name}.json")) for name in ("train", config) if name}
+    artifact = Artifact(root, {"overrides": overrides, "upstream": upstream, "recipe": recipe,
+                               **({"config": config} if config else {})}, outputs=(WEIGHTS,))
     with artifact.lock():
         if artifact.fresh():
             print(f"\n=== {stage}: already trained with these settings ({root}), skipping", flush=True)
