@@ -15,7 +15,7 @@ import sys
 from types import TracebackType
 
 __all__ = ["TskdError", "CheckpointError", "DataError", "install_excepthook", "first_line", "find_tskd_error",
-           "disk_full_error"]
+           "is_write_failure", "disk_full_error"]
 
 # DataLoader workers re-raise errors in the main process by message only, so the marker also lets the
 # hook recognise an error whose class was lost on the way.
@@ -51,17 +51,16 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 _TORCH_WRITE_FAILED = ("unexpected pos", "iostream error", "PytorchStreamWriter failed writing")
 
 
-def _is_write_failure(exc: BaseException) -> bool:
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for want of space (ENOSPC, a quota, or torch's writer giving up)."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _TORCH_WRITE_FAILED)
 
 
-def disk_full_error(exc: BaseException, path: str = "") -> TskdError | BaseException:
-    """A failed write as one ``TskdError`` naming the file (when known), the space left on its disk and the fix;
-    ``exc`` itself when it is not a failed write."""
-    if not _is_write_failure(exc):
-        return exc
+def disk_full_error(exc: BaseException, path: str = "") -> TskdError:
+    """A failed write (``is_write_failure``) as one ``TskdError`` naming the file (when known), the space left on
+    its disk and the fix."""
     path = path or getattr(exc, "filename", None) or ""
     folder = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     while folder and not os.path.isdir(folder):
@@ -84,8 +83,8 @@ def find_tskd_error(exc: BaseException | None) -> TskdError | None:
         seen.add(id(exc))
         if isinstance(exc, TskdError):
             return exc
-        if _is_write_failure(exc):
-            return disk_full_error(exc)  # type: ignore[return-value]
+        if is_write_failure(exc):
+            return disk_full_error(exc)
         text = str(exc)
         if MARKER in text:
             return TskdError(text.split(MARKER, 1)[1].strip() or type(exc).__name__)

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from common.errors import TskdError, disk_full_error
+from common.errors import TskdError, disk_full_error, is_write_failure
 
 __all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "hidden_lock", "file_sha256", "module_digest",
            "read_json", "save_torch", "tensor_bytes", "write_json", "check_writable"]
@@ -87,7 +87,9 @@ def save_torch(obj: Any, path: str) -> str:
     except (OSError, RuntimeError) as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise disk_full_error(e, path) from e
+        if is_write_failure(e):
+            raise disk_full_error(e, path) from e
+        raise
     return path
 
 

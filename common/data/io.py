@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from common.errors import DataError
 from common.provenance import file_sha256
 
-__all__ = ["atomic_folder", "file_sha256", "check_output_folder", "record_written", "read_prediction", "MARKER_FILE"]
+__all__ = ["atomic_folder", "file_sha256", "check_output_folder", "record_written", "image_stem", "read_prediction",
+           "MARKER_FILE"]
 
 MARKER_FILE = ".tskd.json"
 
@@ -136,11 +137,17 @@ def atomic_folder(out: str, datalist: dict | None = None, sources: Sequence[str]
         raise
 
 
+def image_stem(path: str) -> str:
+    """An image's name without folder and extensions (``images/mni_z060.nii.gz`` -> ``mni_z060``): what the
+    inference bundles name its prediction after, and the case name nnU-Net is given."""
+    return os.path.basename(path).split(".")[0]
+
+
 def read_prediction(folder: str, image: str):
     """The label map (squeezed numpy array) an inference bundle wrote into ``folder`` for ``image``: its
     ``SaveImaged`` names it ``<image stem>_seg.nii.gz``."""
     import nibabel as nib
     import numpy as np
 
-    stem = os.path.basename(image).split(".")[0]
+    stem = image_stem(image)
     return np.squeeze(np.asarray(nib.load(os.path.join(folder, f"{stem}_seg.nii.gz")).dataobj))

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from common.data import load_datalist, read_datalist_info
+from common.data.io import image_stem
 from common.engines import score_label_maps
 from common.errors import DataError, TskdError
 
@@ -43,10 +44,6 @@ def find_nnunet(bin_dir: str = "") -> str:
             raise TskdError(f"nnU-Net v2's `{tool}` was not found{' in ' + bin_dir if bin_dir else ' on PATH'}: "
                             f"{NNUNET_INSTALL}.")
     return os.path.dirname(os.path.abspath(path))
-
-
-def _case(item: dict) -> str:
-    return os.path.basename(item["image"]).split(".")[0]
 
 
 def _copy_nifti(source: str, target: str) -> None:
@@ -78,17 +75,18 @@ def write_nnunet_dataset(data_dir: str, labels: int, raw_root: str, dataset_id: 
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         os.makedirs(os.path.join(folder, sub))
     for item in train + val:
-        _copy_nifti(item["image"], os.path.join(folder, "imagesTr", f"{_case(item)}_0000.nii.gz"))
-        _copy_nifti(item["label"], os.path.join(folder, "labelsTr", f"{_case(item)}.nii.gz"))
+        case = image_stem(item["image"])
+        _copy_nifti(item["image"], os.path.join(folder, "imagesTr", f"{case}_0000.nii.gz"))
+        _copy_nifti(item["label"], os.path.join(folder, "labelsTr", f"{case}.nii.gz"))
     for item in test:
-        _copy_nifti(item["image"], os.path.join(folder, "imagesTs", f"{_case(item)}_0000.nii.gz"))
+        _copy_nifti(item["image"], os.path.join(folder, "imagesTs", f"{image_stem(item['image'])}_0000.nii.gz"))
     classes = {name: int(value) for value, name in info["labels"].items()}
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump({"channel_names": {"0": info.get("modality", "image")}, "labels": classes,
                    "numTraining": len(train) + len(val), "file_ending": ".nii.gz"}, f, indent=1)
-    return {"folder": folder, "dataset": dataset, "split": {"train": [_case(i) for i in train],
-                                                             "val": [_case(i) for i in val]},
-            "test": {_case(i): i for i in test}}
+    return {"folder": folder, "dataset": dataset, "split": {"train": [image_stem(i["image"]) for i in train],
+                                                             "val": [image_stem(i["image"]) for i in val]},
+            "test": {image_stem(i["image"]): i for i in test}}
 
 
 def _call(bin_dir: str, tool: str, args: list[str], env: dict, log: str) -> float:
