@@ -84,8 +84,7 @@ def test_profiles_size_every_segmentation_stage_in_steps(profile):
     for method in pipeline_profiles.PRETRAIN_BATCH:
         budget = pipeline_profiles.pretrain_recipe(pipeline_profiles.PROFILES[profile], method)
         assert budget["steps"] > 0 and budget["epoch_length"] > 0 and "epochs" not in budget
-    assert pipeline_profiles.stage_budget(pipeline_profiles.PROFILES["paper"], "teacher") == {
-        "epochs": 160, "learning_rate": 0.005, "lr_schedule": "poly"}
+    assert pipeline_profiles.stage_budget(pipeline_profiles.PROFILES["paper"], "teacher") == {"epochs": 160}
 
 
 def test_each_pretraining_method_gets_its_own_recipe_batch_and_the_same_images():
@@ -100,7 +99,7 @@ def test_each_pretraining_method_gets_its_own_recipe_batch_and_the_same_images()
     assert {m: r["steps"] for m, r in quick.items()} == {"tskd": 250, "takd": 250, "mae": 63, "mocov3": 125}
 
 
-def _scripted_run(folder, scores, stop_after=None, patience=0):
+def _scripted_run(folder, scores, stop_after=None, patience=0, **rule):
     """A real ignite trainer whose model's weight is set to the epoch number, validated by a scripted
     evaluator (epoch e scores ``scores[e - 1]``), with the bundles' ValidationTracker and ResumableCheckpoint;
     ``stop_after``: the run is interrupted after that epoch's checkpoint."""
@@ -125,7 +124,7 @@ def _scripted_run(folder, scores, stop_after=None, patience=0):
         validator.state.epoch = engine.state.epoch
         validator.state.metrics = {"val_mean_dice": scores[engine.state.epoch - 1]}
 
-    ValidationTracker(validator, patience=patience, output_dir=str(folder), model=model).attach(trainer)
+    ValidationTracker(validator, patience=patience, output_dir=str(folder), model=model, **rule).attach(trainer)
     ResumableCheckpoint(str(folder), {"model": model, "optimizer": optimizer}).attach(trainer)
     if stop_after:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
@@ -144,6 +143,8 @@ def test_a_run_interrupted_after_its_best_resumes_to_the_same_best_model_and_pat
     assert whole == resumed == 2.0  # the model of epoch 2, in both
     assert resumed_record["best_metric"] == whole_record["best_metric"] == 0.9
     assert resumed_record["best_step"] == whole_record["best_step"] == 4
+    # The validation curve survives the interruption whole: one [step, value] per validation, none twice.
+    assert resumed_record["history"] == whole_record["history"] == [[2, 0.5], [4, 0.9], [6, 0.3], [8, 0.4]]
     # Patience across the interruption: best at epoch 1, two worse after it; stopped at epoch 3 either way.
     flat = [0.9, 0.3, 0.4, 0.5, 0.6]
     _scripted_run(tmp_path / "flat_whole" / "models", flat, patience=2)
@@ -152,6 +153,34 @@ def test_a_run_interrupted_after_its_best_resumes_to_the_same_best_model_and_pat
     for name in ("flat_whole", "flat_cut"):
         record = read_training_record(str(tmp_path / name))
         assert record["stopped_early"] and record["steps"] == 6 and record["best_step"] == 2, (name, record)
+
+
+def test_the_plateau_rule_waits_longer_in_a_long_run_and_can_judge_a_moving_average():
+    from common.engines.budget import plateau, replay_stop_rule
+
+    assert plateau([0.5, 0.9, 0.3, 0.4], patience=2) == (1, True)
+    assert plateau([0.5, 0.9, 0.3, 0.4], patience=0) == (1, False)  # 0: never stops
+    # Best at validation 6 of 12: "half the run" asks for 6 validations after it, not 3.
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.9] + [0.8] * 5
+    assert plateau(rising, patience=3) == (5, True)
+    assert plateau(rising, patience=3, fraction=0.5) == (5, False)
+    assert plateau(rising + [0.8], patience=3, fraction=0.5) == (5, True)
+    # One lucky validation does not win on the moving average (weights 0.5): 0.5, .725, .6625, .73125, .765625.
+    noisy = [0.5, 0.95, 0.6, 0.8, 0.8]
+    assert plateau(noisy)[0] == 1 and plateau(noisy, smoothing=0.5)[0] == 4
+    # Replayed on a curve of (step, value): where it stops and which step's weights it keeps; a cap cuts the curve.
+    curve = [(25 * (i + 1), v) for i, v in enumerate(rising)]
+    assert replay_stop_rule(curve, patience=3) == (225, 150)
+    assert replay_stop_rule(curve, patience=3, fraction=0.5) == (275, 150)
+    assert replay_stop_rule(curve, patience=3, cap=100) == (100, 100)
+
+
+def test_the_tracker_keeps_the_moving_averages_best_and_stops_on_half_the_run(tmp_path):
+    weight, record = _scripted_run(tmp_path / "smoothed" / "models", [0.5, 0.95, 0.6, 0.8, 0.8], smoothing=0.5)
+    assert weight == 5.0 and record["best_step"] == 10 and record["best_metric"] == 0.8, record
+    _, record = _scripted_run(tmp_path / "half" / "models", [0.1, 0.2, 0.3, 0.4, 0.5, 0.9] + [0.8] * 8, patience=3,
+                              patience_fraction=0.5)
+    assert record["stopped_early"] and record["steps"] == 24 and record["best_step"] == 12, record
 
 
 def test_the_teachers_poly_schedule_warms_up_then_decays_as_samed():

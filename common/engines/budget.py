@@ -9,8 +9,9 @@ a better key metric stop the run early. With ``steps`` = 0 an epoch is one pass 
 ``RecipeRecord`` writes ``recipe.json`` beside the weights when training starts: what the run really trains
 with (the loader's batch, the optimizer as built, per parameter group), whatever the configs and overrides said.
 ``ValidationTracker`` writes ``training.json`` beside the weights: the steps trained, the budget, the best
-validation metric and the step it was reached at, and whether the run stopped early. The pipeline reads it to
-put the teacher's and the students' validation Dice side by side.
+validation metric and the step it was reached at, whether the run stopped early, and the validation curve
+(``history``: [step, value] per validation). The pipeline reads it to put the teacher's and the students'
+validation Dice side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from common.engines.distributed import is_rank0
 from common.provenance import save_torch
 from common.settings import check_positive
 
-__all__ = ["budget_epochs", "ValidationTracker", "read_training_record", "RecipeRecord", "read_recipe"]
+__all__ = ["budget_epochs", "plateau", "replay_stop_rule", "STOP_RULES", "ValidationTracker", "read_training_record", "RecipeRecord", "read_recipe"]
 
 RECORD, RECIPE = "training.json", "recipe.json"
 
@@ -38,6 +39,46 @@ def budget_epochs(epochs: int, steps: int = 0, epoch_length: int = 25) -> int:
         return int(epochs)
     check_positive("epoch_length", epoch_length)
     return max(1, math.ceil(int(steps) / int(epoch_length)))
+
+
+def plateau(values: list[float], patience: int = 0, fraction: float = 0.0, smoothing: float = 0.0) -> tuple[int, bool]:
+    """The stop rule on the validations so far: which one is the best (on the moving average of weight
+    ``smoothing``; the first of equals), and whether the run stops now (``patience`` > 0 and at least
+    max(``patience``, ceil(``fraction`` x validations)) validations came after the best)."""
+    average, smoothed = None, []
+    for value in values:
+        average = value if average is None else smoothing * average + (1.0 - smoothing) * value
+        smoothed.append(average)
+    pick = max(range(len(smoothed)), key=lambda i: (smoothed[i], -i))
+    needed = max(int(patience), math.ceil(fraction * len(values)))
+    return pick, patience > 0 and len(values) - 1 - pick >= needed
+
+
+# The stop rules scripts/bench/convergence.py replays on measured curves: ValidationTracker's arguments and the
+# step budget (cap).
+STOP_RULES = {
+    "patience 3, cap 300 (quick before)": {"patience": 3, "cap": 300},
+    "no stop, cap 300": {"patience": 0, "cap": 300},
+    "patience 3": {"patience": 3},
+    "patience 6": {"patience": 6},
+    "patience 3 or half the run": {"patience": 3, "fraction": 0.5},
+    "patience 4 or half the run": {"patience": 4, "fraction": 0.5},
+    "smoothed 0.5, patience 3": {"patience": 3, "smoothing": 0.5},
+    "smoothed 0.5, patience 3 or half the run": {"patience": 3, "fraction": 0.5, "smoothing": 0.5},
+    "no stop": {"patience": 0},
+}
+
+
+def replay_stop_rule(points: list[tuple[int, float]], patience: int = 0, fraction: float = 0.0, smoothing: float = 0.0,
+                     cap: int = 0) -> tuple[int, int]:
+    """``plateau`` replayed on a measured curve of (step, validation metric) up to step ``cap`` (0: all of it), as
+    ValidationTracker would have run it; returns the step the run stops at and the step whose weights it keeps."""
+    points = [p for p in points if not cap or p[0] <= cap]
+    for k in range(1, len(points) + 1):
+        pick, stop = plateau([v for _, v in points[:k]], patience, fraction, smoothing)
+        if stop or k == len(points):
+            return points[k - 1][0], points[pick][0]
+    raise ValueError("replay_stop_rule: an empty curve")
 
 
 class ValidationTracker:
@@ -54,23 +95,27 @@ class ValidationTracker:
     Args:
         validator: the evaluator the ``ValidationHandler`` runs.
         patience: validations without improvement before stopping.
+        patience_fraction: the patience also grows with the run: at least this fraction of the validations so
+            far (0.5: the best must be older than half the run), so a long run is not cut by a few noisy ones.
+        smoothing: the best is judged on an exponential moving average of the metric (each validation's
+            weight 1 - ``smoothing``; 0: the metric itself), as nnU-Net picks its best checkpoint.
         output_dir: where ``training.json`` and the best model are written (the bundle's ``models`` folder).
         model: the module (or ``state_dict`` holder) whose weights are the best model; None: not saved.
         filename: the best model's file in ``output_dir``.
     """
 
-    KEYS = ("tskd_best_metric", "tskd_best_step", "tskd_waited")
+    KEYS = ("tskd_best_metric", "tskd_best_step", "tskd_waited", "tskd_history")
 
     def __init__(self, validator: Engine, patience: int = 0, output_dir: str = "", model=None,
-                 filename: str = "model.pt") -> None:
+                 filename: str = "model.pt", patience_fraction: float = 0.0, smoothing: float = 0.0) -> None:
         self.validator = validator
-        self.patience = int(patience)
+        self.patience, self.patience_fraction, self.smoothing = int(patience), float(patience_fraction), float(smoothing)
         self.output_dir, self.model, self.filename = output_dir, model, filename
         self.stopped_early = False
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
-        for key, value in zip(self.KEYS, (-math.inf, 0, 0)):
+        for key, value in zip(self.KEYS, (-math.inf, 0, 0, [])):
             setattr(engine.state, key, value)
             if key not in engine.state_dict_user_keys:
                 engine.state_dict_user_keys.append(key)
@@ -94,14 +139,17 @@ class ValidationTracker:
             return  # no validation this epoch
         value = state.metrics.get(state.key_metric_name)
         s = engine.state
-        if value is not None and value > s.tskd_best_metric:
-            s.tskd_best_metric, s.tskd_best_step, s.tskd_waited = float(value), s.iteration, 0
+        if value is None:
+            return
+        s.tskd_history = [*s.tskd_history, [s.iteration, float(value)]]
+        pick, stop = plateau([v for _, v in s.tskd_history], self.patience, self.patience_fraction, self.smoothing)
+        s.tskd_waited = len(s.tskd_history) - 1 - pick
+        if s.tskd_waited == 0:
+            s.tskd_best_metric, s.tskd_best_step = float(value), s.iteration
             self._save_model()
-        else:
-            s.tskd_waited += 1
-        if self.patience > 0 and s.tskd_waited >= self.patience and s.epoch < s.max_epochs:
+        if stop and s.epoch < s.max_epochs:
             self.stopped_early = True
-            self.logger.info(f"early stop at step {s.iteration} of {self.budget}: {self.patience} validations "
+            self.logger.info(f"early stop at step {s.iteration} of {self.budget}: {s.tskd_waited} validations "
                              f"without a better {state.key_metric_name} (best {s.tskd_best_metric:.4f} at step "
                              f"{s.tskd_best_step})")
             s.max_epochs = s.epoch  # this epoch ends the run (see the class notes)
@@ -116,7 +164,8 @@ class ValidationTracker:
         os.makedirs(self.output_dir, exist_ok=True)
         record = {"steps": s.iteration, "budget_steps": self.budget, "stopped_early": self.stopped_early,
                   "best_metric": None if s.tskd_best_metric == -math.inf else s.tskd_best_metric,
-                  "best_step": s.tskd_best_step, "metric": self.validator.state.key_metric_name}
+                  "best_step": s.tskd_best_step, "metric": self.validator.state.key_metric_name,
+                  "history": s.tskd_history}
         with open(os.path.join(self.output_dir, RECORD), "w") as f:
             json.dump(record, f, indent=1)
 

@@ -27,8 +27,8 @@ PROFILES = {
               "synth": {"steps": 1500, "epoch_length": 100, "image_size": 32, "denoiser_width": 16, "learning_rate": 1e-3,
                         "prediction_type": "v_prediction", "ema_decay": 0.995},
               "synth_augmentation": MILD_AUGMENTATION, "sample_steps": 20},
-    # The paper's recipe (section 3 and its tables); the teacher's lr, warm-up and decay are SAMed's.
-    "paper": {"teacher": {"epochs": 160, "learning_rate": 0.005, "lr_schedule": "poly"}, "pretrain": {"epochs": 1600},
+    # The paper's recipe (section 3 and its tables); the teacher's lr, warm-up and decay (SAMed's) are the bundle's.
+    "paper": {"teacher": {"epochs": 160}, "pretrain": {"epochs": 1600},
               "student": {"epochs": 160}, "transfer": 3000, "pretrain_batch": {}, "transfer_source": "synth",
               "augmented": 1000, "synth": {"epochs": 300, "denoiser_width": 32, "ema_decay": 0.999}, "sample_steps": 50},
     "smoke": {"teacher": {"steps": 2}, "pretrain": {"images": 8}, "student": {"steps": 2},  # wiring check (tests)
