@@ -379,3 +379,22 @@ def test_every_segmentation_bundle_is_servable_by_monai_label(bundle):
     tail = parser.get_parsed_content("postprocessing").transforms[-2:]
     out = tail[1](tail[0]({"pred": torch.randint(0, 3, (1, 16, 16)).float()}))["pred"]
     assert out.shape == (16, 16) and out.dtype == torch.uint8
+
+
+def test_amp_trains_a_bundle_in_bf16_on_the_cpu(demo_small, tmp_path, run_stage):
+    """``--amp true`` on a machine without CUDA: the student trains under bf16 autocast (not silently in fp32,
+    and without MONAI's CUDA autocast warning) and evaluates; its weights load into the plain network."""
+    import json
+
+    import torch
+
+    log = run_stage("demo_student", ("train",), tmp_path, dataset_dir=demo_small, image_size=64, batch_size=4,
+                    steps=2, epoch_length=1, amp=True)
+    assert "CUDA is not available" not in log and "autocast" not in log.lower(), log[-2000:]
+    recipe = json.loads((tmp_path / "models" / "recipe.json").read_text())
+    assert recipe["settings"]["amp"] is True and recipe["precision"] == "bf16 autocast (CPU)", recipe
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("net.") for k in state) and all(v.dtype == torch.float32 for v in state.values()
+                                                                 if v.is_floating_point())
+    run_stage("demo_student", ("train", "evaluate"), tmp_path, dataset_dir=demo_small, image_size=64, amp=True)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mean_dice"] >= 0

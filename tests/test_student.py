@@ -149,3 +149,27 @@ def test_twelve_head_weights_need_a_twelve_head_student(tmp_path):
     with pytest.raises(CheckpointError, match="does not record how many attention heads"):
         build_vit_fpn(64, 1, 2, num_heads=None, encoder_checkpoint=str(bare))
     assert build_vit_fpn(64, 1, 2, num_heads=12, encoder_checkpoint=str(bare)).encoder.blocks[0].attn.num_heads == 12
+
+
+def test_amp_on_the_cpu_trains_the_network_itself_in_bf16_with_float32_outputs():
+    from common.engines import autocast_network, cuda_amp
+
+    torch.manual_seed(0)
+    net = build_vit_fpn(image_size=32, in_channels=1, num_classes=3, fpn="skip").train()
+    assert autocast_network(net, False, "cpu") is net and autocast_network(net, True, "cuda") is net
+    assert not cuda_amp(True, "cpu") and cuda_amp(True, "cuda") and not cuda_amp(False, "cuda")
+    wrapped = autocast_network(net, True, "cpu")
+    assert wrapped is not net and [id(p) for p in wrapped.parameters()] == [id(p) for p in net.parameters()]
+    assert set(wrapped.net.state_dict()) == set(net.state_dict())  # checkpoints and exports are the network's own
+    x = torch.randn(2, 1, 32, 32)
+    out = wrapped(x)
+    logits = out[0] if isinstance(out, tuple) else out
+    reference = net(x)
+    reference = reference[0] if isinstance(reference, tuple) else reference
+    assert logits.dtype == torch.float32 and logits.shape == reference.shape
+    # bf16 keeps about 3 significant digits: close to the fp32 pass, and not equal to it (it did run in bf16).
+    difference = (logits - reference).abs().max().item()
+    assert 0 < difference < 0.1 * reference.abs().max().item(), difference
+    logits.float().pow(2).mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)

@@ -7,7 +7,8 @@ one is walked through across epochs); it validates after each of them, and ``pat
 a better key metric stop the run early. With ``steps`` = 0 an epoch is one pass over the data, as before.
 
 ``RecipeRecord`` writes ``recipe.json`` beside the weights when training starts: what the run really trains
-with (the loader's batch, the optimizer as built, per parameter group), whatever the configs and overrides said.
+with (the loader's batch, the optimizer as built, per parameter group, the precision), whatever the configs and
+overrides said.
 ``ValidationTracker`` writes ``training.json`` beside the weights: the steps trained, the budget, the best
 validation metric and the step it was reached at, whether the run stopped early, and the validation curve
 (``history``: [step, value] per validation). The pipeline reads it to put the teacher's and the students'
@@ -66,18 +67,21 @@ STOP_RULES = {
     "smoothed 0.5, patience 3": {"patience": 3, "smoothing": 0.5},
     "smoothed 0.5, patience 3 or half the run": {"patience": 3, "fraction": 0.5, "smoothing": 0.5},
     "no stop": {"patience": 0},
+    "no stop, last weights": {"patience": 0, "keep": "last"},
 }
 
 
 def replay_stop_rule(points: list[tuple[int, float]], patience: int = 0, fraction: float = 0.0, smoothing: float = 0.0,
-                     cap: int = 0) -> tuple[int, int]:
+                     cap: int = 0, keep: str = "best") -> tuple[int, int]:
     """``plateau`` replayed on a measured curve of (step, validation metric) up to step ``cap`` (0: all of it), as
-    ValidationTracker would have run it; returns the step the run stops at and the step whose weights it keeps."""
+    ValidationTracker would have run it; returns the step the run stops at and the step whose weights it keeps
+    (``keep`` "last": the weights it stops with). A cap cuts the curve, not its learning-rate schedule: a rule
+    with a cap below the curve's budget replays a run whose rate had not decayed yet."""
     points = [p for p in points if not cap or p[0] <= cap]
     for k in range(1, len(points) + 1):
         pick, stop = plateau([v for _, v in points[:k]], patience, fraction, smoothing)
         if stop or k == len(points):
-            return points[k - 1][0], points[pick][0]
+            return points[k - 1][0], points[k - 1 if keep == "last" else pick][0]
     raise ValueError("replay_stop_rule: an empty curve")
 
 
@@ -215,10 +219,21 @@ class RecipeRecord:
             groups.append(entry)
         record = {"batch_size": getattr(loader, "batch_size", None), "drop_last": getattr(loader, "drop_last", None),
                   "steps": engine.state.max_epochs * (engine.state.epoch_length or 0),
-                  "optimizer": type(self.optimizer).__name__, "param_groups": groups, "settings": self.settings}
+                  "optimizer": type(self.optimizer).__name__, "param_groups": groups,
+                  "precision": _precision(engine), "settings": self.settings}
         os.makedirs(self.output_dir, exist_ok=True)
         with open(os.path.join(self.output_dir, RECIPE), "w") as f:
             json.dump(record, f, indent=1, default=str)
+
+
+def _precision(engine: Engine) -> str:
+    """What the trainer really computes in: bf16 autocast on the CPU (``CpuAutocast``), the engine's CUDA amp, or
+    fp32."""
+    from common.engines.precision import CpuAutocast
+
+    if isinstance(getattr(engine, "network", None), CpuAutocast):
+        return "bf16 autocast (CPU)"
+    return "amp (CUDA)" if getattr(engine, "amp", False) else "fp32"
 
 
 def read_recipe(bundle_root: str) -> dict:

@@ -42,6 +42,7 @@ class CappedConfig(RunConfig):
 
     cap: int = 750
     snapshots: str = ""
+    extra: str = "{}"
 
     @property
     def profile_settings(self) -> dict:
@@ -49,7 +50,7 @@ class CappedConfig(RunConfig):
         saver = _saver_index(self.dataset)
         profile["student"] = {"steps": self.cap, "patience": 0, f"train#handlers#{saver}": {
             "_target_": "CheckpointSaver", "save_dir": self.snapshots, "save_dict": {"model": "@checkpoint_model"},
-            "save_interval": 1, "n_saved": None, "file_prefix": "snapshot"}}
+            "save_interval": 1, "n_saved": None, "file_prefix": "snapshot"}, **json.loads(self.extra)}
         return profile
 
 
@@ -68,12 +69,13 @@ def _saver_index(dataset: str) -> int:
 def train_curve(args, model: str, labels: int, data_dir: str) -> str:
     """Train ``model`` with the long budget, score each kept checkpoint on the test split; returns curve.json."""
     method, _, fpn = model.partition(":")
-    name = f"{method}{'_' + fpn if fpn else ''}_labels{labels or 'all'}_seed{args.seed}"
+    name = f"{method}{'_' + fpn if fpn else ''}{'_' + args.tag if args.tag else ''}_labels{labels or 'all'}_seed{args.seed}"
     root = os.path.join(args.out, name)
     snapshots = os.path.join(root, "snapshots")
     config = CappedConfig(dataset=args.dataset, data_dir=data_dir, method="scratch" if method == "reference" else method,
                           profile=args.profile, labels=labels, seed=args.seed, out=root, fpn=fpn or "light",
-                          transfer_source="augment", cap=args.cap, snapshots=snapshots)
+                          transfer_source="augment", cap=args.cap, snapshots=snapshots,
+                          extra=args.overrides)
     start = time.time()
     if method == "reference":
         base = config.base_overrides(data_dir)
@@ -97,7 +99,8 @@ def train_curve(args, model: str, labels: int, data_dir: str) -> str:
         report = read_json(os.path.join(out, "metrics.json"))
         curve.append({"step": step, "val_dice": history.get(step), "test_dice": report["mean_dice"],
                       "test_hd95": report["mean_hd95"]})
-    record = {"model": model, "labels": labels, "seed": args.seed, "cap": args.cap, "seconds": seconds,
+    record = {"model": model + (f" ({args.tag})" if args.tag else ""), "overrides": json.loads(args.overrides),
+              "labels": labels, "seed": args.seed, "cap": args.cap, "seconds": seconds,
               "train_seconds": stage_seconds(trained), "pretrain_seconds": stage_seconds(os.path.join(root, "pretrain")),
               "curve": curve}
     write_json(os.path.join(root, "curve.json"), record)
@@ -131,13 +134,20 @@ def replay(out: str) -> dict:
             points = [(c["step"], c["val_dice"]) for c in record["curve"]]
             stop, pick = replay_stop_rule(points, **STOP_RULES[rule])
             test = {c["step"]: c["test_dice"] for c in record["curve"]}
-            picks.append({"name": f"{record['model']} labels {record['labels'] or 'all'} seed {record['seed']}",
+            picks.append({"name": _name(record),
                           "stop": stop, "pick": pick, "test_dice": test[pick]})
         rows[rule] = {"picks": picks, "mean_test_dice": sum(p["test_dice"] for p in picks) / len(picks),
                       "mean_stop": sum(p["stop"] for p in picks) / len(picks)}
-    best = {f"{r['model']} labels {r['labels'] or 'all'} seed {r['seed']}": max(c["test_dice"] for c in r["curve"])
-            for r in curves}
-    return {"rules": rows, "best_test_dice": best, "curves": curves}
+    best = {_name(r): max(c["test_dice"] for c in r["curve"]) for r in curves}
+    # The level a curve settles at: its test Dice averaged over the last third of the budget (single checkpoints
+    # scatter by several hundredths around it).
+    level = {_name(r): sum(c["test_dice"] for c in r["curve"][-len(r["curve"]) // 3:]) / (len(r["curve"]) // 3 or 1)
+             for r in curves}
+    return {"rules": rows, "best_test_dice": best, "last_third_test_dice": level, "curves": curves}
+
+
+def _name(record: dict) -> str:
+    return f"{record['model']} labels {record['labels'] or 'all'} seed {record['seed']}"
 
 
 def _write_report(out: str, result: dict) -> None:
@@ -150,6 +160,9 @@ def _write_report(out: str, result: dict) -> None:
     lines.append("| best test Dice on the curve (not a rule: it peeks at the test split) | "
                  f"{sum(result['best_test_dice'].values()) / len(names):.4f} | | "
                  + " | ".join(f"{result['best_test_dice'][n]:.4f}" for n in names) + " |")
+    lines.append("| test Dice averaged over the last third of the curve (not a rule) | "
+                 f"{sum(result['last_third_test_dice'].values()) / len(names):.4f} | | "
+                 + " | ".join(f"{result['last_third_test_dice'][n]:.4f}" for n in names) + " |")
     text = ("Stop rules replayed on the curves of `scripts/bench/convergence.py` (validation Dice picks the checkpoint; "
             "the table gives that checkpoint's test Dice, the step the rule stops at and the step it picks).\n\n"
             + "\n".join(lines) + "\n\nRules: " + "; ".join(f"`{k}`: {v}" for k, v in STOP_RULES.items()) + "\n")
@@ -193,6 +206,8 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--teacher_checkpoint", default="", help="a trained teacher for the distillations")
     parser.add_argument("--out", default="runs/convergence")
+    parser.add_argument("--overrides", default="{}", help='JSON of bundle settings for the fine-tuning and the reference (not the pre-training), e.g. {"amp": true}')
+    parser.add_argument("--tag", default="", help="a name for --overrides, in the runs' folders and the tables")
     parser.add_argument("--report_only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
