@@ -32,7 +32,7 @@ from common.pipeline.bundles import bundle_folder, run_bundle
 from common.pipeline.config import RunConfig
 from common.pipeline.profiles import PROFILES
 from common.pipeline.stages import stage_seconds, student_stages, teacher_stage, train_bundle
-from common.provenance import content_key, file_sha256, read_json, write_json
+from common.provenance import read_json, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +89,7 @@ def train_curve(args, model: str, labels: int, data_dir: str) -> str:
         stage, evaluate, trained = "student", result["overrides"], os.path.join(root, "student")
     seconds = round(time.time() - start)
     epoch_length = config.profile_settings["epoch_length"]
-    history = dict((step, value) for step, value in read_json(os.path.join(trained, "models", "training.json"))["history"])
+    history = dict(read_json(os.path.join(trained, "models", "training.json"))["history"])
     curve = []
     for path in sorted(glob.glob(os.path.join(snapshots, "snapshot_*.pt")), key=_epoch):
         step = _epoch(path) * epoch_length
@@ -112,13 +112,10 @@ def _epoch(path: str) -> int:
 
 
 def _teacher(args, labels: int, data_dir: str) -> tuple[str, str]:
-    if args.teacher_checkpoint:
-        path = os.path.abspath(args.teacher_checkpoint)
-        return path, content_key({"teacher_checkpoint": file_sha256(path)})
-    config = RunConfig(dataset=args.dataset, data_dir=data_dir, profile=args.profile, labels=labels, seed=args.seed)
-    root = os.path.join(args.out, f"teacher_labels{labels or 'all'}")
-    weights, key = teacher_stage(config, data_dir, root)
-    return weights, key
+    """The distillations' teacher, as the pipeline gets it: ``--teacher_checkpoint``, or trained once into OUT."""
+    config = RunConfig(dataset=args.dataset, data_dir=data_dir, profile=args.profile, labels=labels, seed=args.seed,
+                       teacher_checkpoint=args.teacher_checkpoint)
+    return teacher_stage(config, data_dir, os.path.join(args.out, f"teacher_labels{labels or 'all'}"))
 
 
 def replay(out: str) -> dict:
