@@ -152,12 +152,12 @@ def test_twelve_head_weights_need_a_twelve_head_student(tmp_path):
 
 
 def test_amp_on_the_cpu_trains_the_network_itself_in_bf16_with_float32_outputs():
-    from common.engines import autocast_network, cuda_amp
+    from common.engines import autocast_network, engine_amp
 
     torch.manual_seed(0)
     net = build_vit_fpn(image_size=32, in_channels=1, num_classes=3, fpn="skip").train()
     assert autocast_network(net, False, "cpu") is net and autocast_network(net, True, "cuda") is net
-    assert not cuda_amp(True, "cpu") and cuda_amp(True, "cuda") and not cuda_amp(False, "cuda")
+    assert not engine_amp(True, "cpu") and engine_amp(True, "cuda") and not engine_amp(False, "cuda")
     wrapped = autocast_network(net, True, "cpu")
     assert wrapped is not net and [id(p) for p in wrapped.parameters()] == [id(p) for p in net.parameters()]
     assert set(wrapped.net.state_dict()) == set(net.state_dict())  # checkpoints and exports are the network's own

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_map
 
-__all__ = ["CpuAutocast", "autocast_network", "cuda_amp"]
+__all__ = ["CpuAutocast", "autocast_network", "engine_amp"]
 
 
 class CpuAutocast(torch.nn.Module):
@@ -35,6 +35,6 @@ def autocast_network(network: torch.nn.Module, amp: bool, device: torch.device |
     return CpuAutocast(network) if amp and torch.device(device).type == "cpu" else network
 
 
-def cuda_amp(amp: bool, device: torch.device | str) -> bool:
+def engine_amp(amp: bool, device: torch.device | str) -> bool:
     """The engines' ``amp``: only on CUDA (on the CPU ``autocast_network`` does it)."""
     return bool(amp) and torch.device(device).type == "cuda"
