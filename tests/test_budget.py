@@ -181,6 +181,26 @@ def test_the_tracker_keeps_the_moving_averages_best_and_stops_on_half_the_run(tm
     _, record = _scripted_run(tmp_path / "half" / "models", [0.1, 0.2, 0.3, 0.4, 0.5, 0.9] + [0.8] * 8, patience=3,
                               patience_fraction=0.5)
     assert record["stopped_early"] and record["steps"] == 24 and record["best_step"] == 12, record
+    assert record["stop_rule"] == {"patience": 3, "patience_fraction": 0.5, "smoothing": 0.0}
+
+
+@pytest.mark.parametrize("bundle", ["demo_student", "demo_reference", "demo_teacher"])
+def test_the_quick_profiles_stop_rule_reaches_the_bundles_tracker(bundle):
+    """The profile's budget keys are bundle overrides: a key the bundle lacks would be silently ignored, so the
+    tracker the bundle builds must carry the student's rule (the teacher keeps its plain patience)."""
+    from monai.bundle import ConfigParser
+
+    stage = "teacher" if bundle.endswith("teacher") else "student"
+    budget = pipeline_profiles.stage_budget(pipeline_profiles.PROFILES["quick"], stage)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(os.path.dirname(__file__), "..", "bundles", bundle, "configs", "train.json"))
+    for key, value in budget.items():
+        assert key in parser.config, f"{bundle} has no '{key}' for the profile to set"
+        parser[key] = value
+    handler = next(h for h in parser.config["train"]["handlers"] if h.get("_target_", "").endswith("ValidationTracker"))
+    rule = {k: parser.get_parsed_content(handler[k].lstrip("@")) for k in ("patience", "patience_fraction", "smoothing")}
+    assert rule == {"patience": budget["patience"], "patience_fraction": budget.get("patience_fraction", 0.0),
+                    "smoothing": budget.get("val_smoothing", 0.0)}
 
 
 def test_the_teachers_poly_schedule_warms_up_then_decays_as_samed():

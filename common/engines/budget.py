@@ -169,7 +169,9 @@ class ValidationTracker:
         record = {"steps": s.iteration, "budget_steps": self.budget, "stopped_early": self.stopped_early,
                   "best_metric": None if s.tskd_best_metric == -math.inf else s.tskd_best_metric,
                   "best_step": s.tskd_best_step, "metric": self.validator.state.key_metric_name,
-                  "history": s.tskd_history}
+                  "history": s.tskd_history,
+                  "stop_rule": {"patience": self.patience, "patience_fraction": self.patience_fraction,
+                                "smoothing": self.smoothing}}
         with open(os.path.join(self.output_dir, RECORD), "w") as f:
             json.dump(record, f, indent=1)
 

@@ -23,8 +23,8 @@ __all__ = ["run_main", "grid_main", "prepare_main", "export_main"]
 TRANSFER_HELP = ("(default: the profile's) synth: DDPM samples (the paper); augment: affine views of the labelled "
                  "images; unlabelled: real images without masks (--unlabelled_dir, or the training images beyond "
                  "--labels) and their affine views")
-FPN_HELP = ("the student's pyramid: light (default, cheaper than its encoder), the paper's, or skip (light + a "
-            "convolutional stem joined at full resolution)")
+FPN_HELP = ("the student's pyramid: skip (default: the light pyramid + a convolutional stem joined at full "
+            "resolution), light (cheaper than its encoder) or the paper's")
 ISOLATE_HELP = ("run each stage in its own process (python -m monai.bundle run), so that a crash of one stage "
                 "cannot take this command down; default: in this process")
 
@@ -51,7 +51,7 @@ def _shared(parser: argparse.ArgumentParser) -> None:
                              "dataset's whole validation split; 0: none, every stage keeps its last weights)")
     parser.add_argument("--teacher", default="litemedsam", help="litemedsam (embedded) or vit_b / vit_l / vit_h")
     parser.add_argument("--sam_checkpoint", default="", help="official SAM checkpoint, for --teacher vit_*")
-    parser.add_argument("--fpn", choices=sorted(FPN_PRESETS), default="light", help=FPN_HELP)
+    parser.add_argument("--fpn", choices=sorted(FPN_PRESETS), default="skip", help=FPN_HELP)
     parser.add_argument("--imagenet_mae_checkpoint", default="",
                         help="MAE-lite's ImageNet ViT-Tiny weights, for --method imagenet_mae")
     parser.add_argument("--imagenet_mae_pos_embed", action="store_true",

@@ -47,7 +47,7 @@ class RunConfig:
     teacher: str = "litemedsam"
     sam_checkpoint: str = ""
     teacher_checkpoint: str = ""
-    fpn: str = "light"
+    fpn: str = "skip"
     imagenet_mae_checkpoint: str = ""
     imagenet_mae_pos_embed: bool = False
     num_heads: int = 0

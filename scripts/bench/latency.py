@@ -112,7 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--fpn", default="light", help="the student's pyramid: light (default), paper or skip")
+    parser.add_argument("--fpn", default="skip", help="the student's pyramid: skip (default), light or paper")
     parser.add_argument("--num_classes", type=int, default=3)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time torch.compile (inductor, frozen weights; needs a C++ compiler)")

@@ -40,7 +40,7 @@ class GridSpec:
     num_heads: int = 0
     imagenet_mae_pos_embed: bool = False
     val_labels: int | None = None
-    fpn: str = "light"
+    fpn: str = "skip"
     image_size: int = 0
     denoiser: str = "unet"
     tracking: str = "mlflow"
