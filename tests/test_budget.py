@@ -173,6 +173,7 @@ def test_the_plateau_rule_waits_longer_in_a_long_run_and_can_judge_a_moving_aver
     assert replay_stop_rule(curve, patience=3) == (225, 150)
     assert replay_stop_rule(curve, patience=3, fraction=0.5) == (275, 150)
     assert replay_stop_rule(curve, patience=3, cap=100) == (100, 100)
+    assert replay_stop_rule(curve, patience=3, min_steps=250) == (250, 150)
 
 
 def test_the_tracker_keeps_the_moving_averages_best_and_stops_on_half_the_run(tmp_path):
@@ -181,7 +182,15 @@ def test_the_tracker_keeps_the_moving_averages_best_and_stops_on_half_the_run(tm
     _, record = _scripted_run(tmp_path / "half" / "models", [0.1, 0.2, 0.3, 0.4, 0.5, 0.9] + [0.8] * 8, patience=3,
                               patience_fraction=0.5)
     assert record["stopped_early"] and record["steps"] == 24 and record["best_step"] == 12, record
-    assert record["stop_rule"] == {"patience": 3, "patience_fraction": 0.5, "smoothing": 0.0}
+    assert record["stop_rule"] == {"patience": 3, "patience_fraction": 0.5, "smoothing": 0.0, "min_steps": 0}
+    # A lucky first validation leads the moving average for a while (the demo grid's reference stopped at step
+    # 100 of 750 on this shape): no stop before min_steps, and the later, better validations then win.
+    lucky = [0.876, 0.826, 0.883, 0.862, 0.90, 0.91, 0.91, 0.92]
+    _, record = _scripted_run(tmp_path / "lucky" / "models", lucky, patience=3, patience_fraction=0.5, smoothing=0.5)
+    assert record["stopped_early"] and record["steps"] == 8 and record["best_step"] == 2, record
+    weight, record = _scripted_run(tmp_path / "floor" / "models", lucky, patience=3, patience_fraction=0.5,
+                                   smoothing=0.5, min_steps=10)
+    assert not record["stopped_early"] and record["best_step"] == 16 and weight == 8.0, record
 
 
 @pytest.mark.parametrize("bundle", ["demo_student", "demo_reference", "demo_teacher"])
@@ -198,9 +207,10 @@ def test_the_quick_profiles_stop_rule_reaches_the_bundles_tracker(bundle):
         assert key in parser.config, f"{bundle} has no '{key}' for the profile to set"
         parser[key] = value
     handler = next(h for h in parser.config["train"]["handlers"] if h.get("_target_", "").endswith("ValidationTracker"))
-    rule = {k: parser.get_parsed_content(handler[k].lstrip("@")) for k in ("patience", "patience_fraction", "smoothing")}
+    keys = ("patience", "patience_fraction", "smoothing", "min_steps")
+    rule = {k: parser.get_parsed_content(handler[k].lstrip("@")) for k in keys}
     assert rule == {"patience": budget["patience"], "patience_fraction": budget.get("patience_fraction", 0.0),
-                    "smoothing": budget.get("val_smoothing", 0.0)}
+                    "smoothing": budget.get("val_smoothing", 0.0), "min_steps": budget["steps"] // 3}
 
 
 def test_the_teachers_poly_schedule_warms_up_then_decays_as_samed():
