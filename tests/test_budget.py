@@ -160,6 +160,9 @@ def test_the_plateau_rule_waits_longer_in_a_long_run_and_can_judge_a_moving_aver
 
     assert plateau([0.5, 0.9, 0.3, 0.4], patience=2) == (1, True)
     assert plateau([0.5, 0.9, 0.3, 0.4], patience=0) == (1, False)  # 0: never stops
+    # The floor: no stop before min_steps, whatever the validations say.
+    assert plateau([0.5, 0.9, 0.3, 0.4], patience=2, step=100, min_steps=250) == (1, False)
+    assert plateau([0.5, 0.9, 0.3, 0.4], patience=2, step=250, min_steps=250) == (1, True)
     # Best at validation 6 of 12: "half the run" asks for 6 validations after it, not 3.
     rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.9] + [0.8] * 5
     assert plateau(rising, patience=3) == (5, True)

@@ -42,17 +42,19 @@ def budget_epochs(epochs: int, steps: int = 0, epoch_length: int = 25) -> int:
     return max(1, math.ceil(int(steps) / int(epoch_length)))
 
 
-def plateau(values: list[float], patience: int = 0, fraction: float = 0.0, smoothing: float = 0.0) -> tuple[int, bool]:
+def plateau(values: list[float], patience: int = 0, fraction: float = 0.0, smoothing: float = 0.0,
+            step: int = 0, min_steps: int = 0) -> tuple[int, bool]:
     """The stop rule on the validations so far: which one is the best (on the moving average of weight
-    ``smoothing``; the first of equals), and whether the run stops now (``patience`` > 0 and at least
-    max(``patience``, ceil(``fraction`` x validations)) validations came after the best)."""
+    ``smoothing``; the first of equals), and whether the run stops now (``patience`` > 0, at least
+    max(``patience``, ceil(``fraction`` x validations)) validations came after the best, and the run, now at
+    ``step``, has reached ``min_steps``)."""
     average, smoothed = None, []
     for value in values:
         average = value if average is None else smoothing * average + (1.0 - smoothing) * value
         smoothed.append(average)
     pick = max(range(len(smoothed)), key=lambda i: (smoothed[i], -i))
     needed = max(int(patience), math.ceil(fraction * len(values)))
-    return pick, patience > 0 and len(values) - 1 - pick >= needed
+    return pick, patience > 0 and len(values) - 1 - pick >= needed and step >= min_steps
 
 
 # The stop rules scripts/bench/convergence.py replays on measured curves: ValidationTracker's arguments and the
@@ -79,8 +81,8 @@ def replay_stop_rule(points: list[tuple[int, float]], patience: int = 0, fractio
     with a cap below the curve's budget replays a run whose rate had not decayed yet."""
     points = [p for p in points if not cap or p[0] <= cap]
     for k in range(1, len(points) + 1):
-        pick, stop = plateau([v for _, v in points[:k]], patience, fraction, smoothing)
-        if (stop and points[k - 1][0] >= min_steps) or k == len(points):
+        pick, stop = plateau([v for _, v in points[:k]], patience, fraction, smoothing, points[k - 1][0], min_steps)
+        if stop or k == len(points):
             return points[k - 1][0], points[k - 1 if keep == "last" else pick][0]
     raise ValueError("replay_stop_rule: an empty curve")
 
@@ -152,12 +154,13 @@ class ValidationTracker:
         if value is None:
             return
         s.tskd_history = [*s.tskd_history, [s.iteration, float(value)]]
-        pick, stop = plateau([v for _, v in s.tskd_history], self.patience, self.patience_fraction, self.smoothing)
+        pick, stop = plateau([v for _, v in s.tskd_history], self.patience, self.patience_fraction, self.smoothing,
+                             s.iteration, self.min_steps)
         s.tskd_waited = len(s.tskd_history) - 1 - pick
         if s.tskd_waited == 0:
             s.tskd_best_metric, s.tskd_best_step = float(value), s.iteration
             self._save_model()
-        if stop and s.iteration >= self.min_steps and s.epoch < s.max_epochs:
+        if stop and s.epoch < s.max_epochs:
             self.stopped_early = True
             self.logger.info(f"early stop at step {s.iteration} of {self.budget}: {s.tskd_waited} validations "
                              f"without a better {state.key_metric_name} (best {s.tskd_best_metric:.4f} at step "

@@ -83,7 +83,8 @@ class TskdStudentTrain(TrainTask):
         redistil = n_labels >= RETRAIN_FACTOR * max(teacher_labels, 1) and self.method in ("tskd", "takd")
         if redistil:
             run_pipeline(RunConfig(dataset=self.dataset, data_dir=data_dir, method=self.method, profile=profile,
-                                   image_size=self.overrides.get("image_size", 0), fpn=self.overrides.get("fpn", "skip"),
+                                   image_size=self.overrides.get("image_size", 0),
+                                   fpn=self.overrides.get("fpn", RunConfig.fpn),
                                    out=os.path.join(root, "pipeline")))
             student_root = os.path.join(root, "pipeline", f"student_{self.method}")
         else:
