@@ -267,8 +267,18 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         "teacher": " The merged export (`model_merged.pt`) is written by rank 0 from the best checkpoint.",
         "synth": " The exponential moving average is kept on every rank (they agree) and saved by rank 0.",
     }
+    precision = ("Mixed precision by default (`amp` true): bf16 autocast on a CPU with bf16 instructions "
+                 "(AVX512-BF16 or AMX; elsewhere it trains in fp32 and says so once), MONAI's fp16 AMP on CUDA; "
+                 "the loss, the optimizer and the saved weights stay fp32, and `models/recipe.json` records the "
+                 "precision the run used. `--amp false` trains in fp32. On the 2-core CPU these bundles are "
+                 "developed on, bf16 made a training step 0.5-0.7x of fp32's at the same Dice "
+                 "(`scripts/bench/train_step.py` in the tskd repository).")
+    if stage == "synth":
+        precision = ("fp32 by default (`amp` false): the generator's quality under bf16 is not measured. "
+                     "`--amp true` uses bf16 autocast on a CPU with bf16 instructions, MONAI's fp16 AMP on CUDA.")
     with open(os.path.join(TEMPLATE, "multi_gpu.md")) as f:
-        multi_gpu = Template(f.read()).substitute(bundle=name, multi_gpu_stage=stage_notes.get(stage, ""))
+        multi_gpu = Template(f.read()).substitute(bundle=name, multi_gpu_stage=stage_notes.get(stage, ""),
+                                                  precision=precision)
     with open(os.path.join(own, "README.md")) as f:
         files["docs/README.md"] = Template(f.read()).substitute(multi_gpu=multi_gpu.rstrip("\n"),
             bundle=name, dataset=dataset, title=ds["title"], lora_rank=ds["lora_rank"],
