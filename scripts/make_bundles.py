@@ -271,8 +271,14 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
                  "(AVX512-BF16 or AMX; elsewhere it trains in fp32 and says so once), MONAI's fp16 AMP on CUDA; "
                  "the loss, the optimizer and the saved weights stay fp32, and `models/recipe.json` records the "
                  "precision the run used. `--amp false` trains in fp32. On the 2-core CPU these bundles are "
-                 "developed on, bf16 made a training step 0.5-0.7x of fp32's at the same Dice "
-                 "(`scripts/bench/train_step.py` in the tskd repository).")
+                 "developed on (demo, 2026-12-03) bf16 made the TS-KD pre-training 0.68x as long and the skip "
+                 "student 0.86x (student test Dice 0.8956 against 0.8942 in fp32, one seed), and a reference "
+                 "step 0.58x (`scripts/bench/train_step.py` in the tskd repository).")
+    if stage == "teacher":
+        precision = ("fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast "
+                     "made the teacher's 150 steps 0.75x as long but dropped its test Dice from 0.8674 to 0.7663. "
+                     "`--amp true` uses bf16 autocast on a CPU with bf16 instructions, MONAI's fp16 AMP on CUDA; "
+                     "`models/recipe.json` records the precision the run used.")
     if stage == "synth":
         precision = ("fp32 by default (`amp` false): the generator's quality under bf16 is not measured. "
                      "`--amp true` uses bf16 autocast on a CPU with bf16 instructions, MONAI's fp16 AMP on CUDA.")
