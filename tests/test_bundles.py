@@ -382,19 +382,28 @@ def test_every_segmentation_bundle_is_servable_by_monai_label(bundle):
 
 
 def test_amp_trains_a_bundle_in_bf16_on_the_cpu(demo_small, tmp_path, run_stage):
-    """``--amp true`` on a machine without CUDA: the student trains under bf16 autocast (not silently in fp32,
-    and without MONAI's CUDA autocast warning) and evaluates; its weights load into the plain network."""
+    """The bundles' default (``amp`` true) on a machine without CUDA: the student trains under bf16 autocast
+    (not silently in fp32, and without MONAI's CUDA autocast warning) and evaluates; its weights load into the
+    plain network. ``--amp false`` trains in fp32."""
     import json
 
     import torch
 
+    from common.engines import cpu_bf16_native
+
+    if not cpu_bf16_native():
+        skip_or_fail("this CPU has no bf16 instructions: amp trains in fp32 here (test_student checks that)")
     log = run_stage("demo_student", ("train",), tmp_path, dataset_dir=demo_small, image_size=64, batch_size=4,
-                    steps=2, epoch_length=1, amp=True)
+                    steps=2, epoch_length=1)
     assert "CUDA is not available" not in log and "autocast" not in log.lower(), log[-2000:]
     recipe = json.loads((tmp_path / "models" / "recipe.json").read_text())
     assert recipe["settings"]["amp"] is True and recipe["precision"] == "bf16 autocast (CPU)", recipe
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("net.") for k in state) and all(v.dtype == torch.float32 for v in state.values()
                                                                  if v.is_floating_point())
-    run_stage("demo_student", ("train", "evaluate"), tmp_path, dataset_dir=demo_small, image_size=64, amp=True)
+    run_stage("demo_student", ("train", "evaluate"), tmp_path, dataset_dir=demo_small, image_size=64)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mean_dice"] >= 0
+    fp32 = tmp_path / "fp32"
+    run_stage("demo_student", ("train",), fp32, dataset_dir=demo_small, image_size=64, batch_size=4, steps=1,
+              epoch_length=1, amp=False)
+    assert json.loads((fp32 / "models" / "recipe.json").read_text())["precision"] == "fp32"

@@ -151,9 +151,28 @@ def test_twelve_head_weights_need_a_twelve_head_student(tmp_path):
     assert build_vit_fpn(64, 1, 2, num_heads=12, encoder_checkpoint=str(bare)).encoder.blocks[0].attn.num_heads == 12
 
 
-def test_amp_on_the_cpu_trains_the_network_itself_in_bf16_with_float32_outputs():
-    from common.engines import autocast_network, engine_amp
+def test_amp_on_a_cpu_without_bf16_instructions_trains_in_fp32_and_says_so(monkeypatch, caplog):
+    import common.engines.precision as precision
+    from common.engines import autocast_network
 
+    net = build_vit_fpn(image_size=32, in_channels=1, num_classes=3, fpn="skip")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(precision, "_warned", [])
+    with caplog.at_level("WARNING", logger="common.engines.precision"):
+        assert autocast_network(net, True, "cpu") is net and autocast_network(net, True, "cpu") is net
+    assert sum("no bf16 instructions" in r.getMessage() for r in caplog.records) == 1  # said once, not per call
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert autocast_network(net, True, "cpu") is not net
+
+
+def test_amp_on_the_cpu_trains_the_network_itself_in_bf16_with_float32_outputs():
+    from common.engines import autocast_network, cpu_bf16_native, engine_amp
+
+    if not cpu_bf16_native():
+        from conftest import skip_or_fail
+
+        skip_or_fail("this CPU has no bf16 instructions: amp trains in fp32 here (tested above)")
     torch.manual_seed(0)
     net = build_vit_fpn(image_size=32, in_channels=1, num_classes=3, fpn="skip").train()
     assert autocast_network(net, False, "cpu") is net and autocast_network(net, True, "cuda") is net

@@ -7,7 +7,7 @@ from common.engines.metrics import (VolumeMetrics, CaseCountHandler, DiceHandler
                                     summarise_metric_details)
 from common.engines.distill_trainer import TEACHER_HIDDEN, TEACHER_LOGITS, DistillationTrainer, optimisation_step
 from common.engines.inferers import MirrorInferer
-from common.engines.precision import CpuAutocast, autocast_network, engine_amp
+from common.engines.precision import CpuAutocast, autocast_network, cpu_bf16_native, engine_amp
 from common.engines.selfsup_trainer import SelfSupervisedTrainer
 from common.engines.teacher_cache import CachedTeacherDataset, TeacherCache, kd_dataset
 from common.provenance import file_sha256 as file_digest

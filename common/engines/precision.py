@@ -5,14 +5,29 @@ MONAI's engines autocast on CUDA only (``amp``); on a CPU they train in fp32 wha
 ``torch.autocast("cpu", torch.bfloat16)`` and hands float32 outputs to the loss, so the loss, the gradients'
 accumulation and the optimizer stay in fp32 (no gradient scaler is needed for bf16). The wrapper holds the same
 module, so the optimizer, the checkpoints and the exported model are those of the network itself.
+
+bf16 pays only where the CPU computes it natively (AVX512-BF16 or AMX; measured on the 2-core AMD EPYC with
+AVX512-BF16 these bundles are developed on: a training step 0.5-0.7x of fp32's, ``scripts/bench/train_step.py``).
+Elsewhere oneDNN emulates it, slower than fp32, so ``amp`` there trains in fp32 and says so once.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils._pytree import tree_map
 
-__all__ = ["CpuAutocast", "autocast_network", "engine_amp"]
+__all__ = ["CpuAutocast", "autocast_network", "cpu_bf16_native", "engine_amp"]
+
+logger = logging.getLogger(__name__)
+_warned = []
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX tiles)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(bool(check()) for check in checks if check is not None)
 
 
 class CpuAutocast(torch.nn.Module):
@@ -31,8 +46,17 @@ class CpuAutocast(torch.nn.Module):
 
 def autocast_network(network: torch.nn.Module, amp: bool, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The network a bundle trains and validates with: wrapped in ``CpuAutocast`` when ``amp`` is asked for on
-    a CPU; as it is otherwise (on CUDA the engines' own ``amp`` autocasts)."""
-    return CpuAutocast(network) if amp and torch.device(device).type == "cpu" else network
+    a CPU with bf16 instructions; as it is otherwise (on CUDA the engines' own ``amp`` autocasts; on a CPU
+    without bf16 instructions it trains in fp32, with one warning)."""
+    if not amp or torch.device(device).type != "cpu":
+        return network
+    if cpu_bf16_native():
+        return CpuAutocast(network)
+    if not _warned:
+        _warned.append(True)
+        logger.warning("amp: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is slower "
+                       "than fp32; training in fp32 (recipe.json records the precision). --amp false silences this.")
+    return network
 
 
 def engine_amp(amp: bool, device: torch.device | str) -> bool:

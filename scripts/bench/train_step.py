@@ -11,7 +11,9 @@ step of the same pyramid:
   - ``bf16``: ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss;
   - ``compile``: ``torch.compile`` of the model (the compile time is reported apart, not in the median);
   - ``batch x2``: twice the batch (compare per image: more steps for the same time only if it is lower).
-Also the DynUNet reference's fp32 step, for scale. Writes ``--out`` (JSON) when given.
+Also the DynUNet reference's fp32 step, for scale. ``--networks`` may name ``teacher`` (the demo's LiteMedSAM
+with LoRA rank 4, untrained weights: the cost is the architecture's, at the teacher bundle's batch of
+``--teacher_batch``) and ``reference`` to measure their variants too. Writes ``--out`` (JSON) when given.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
     import torch
     from monai.losses import DiceCELoss
 
-    from common.models import build_dynunet, build_vit_fpn
+    from common.models import build_dynunet, build_teacher, build_vit_fpn
 
     torch.manual_seed(0)
     if network == "reference":
         model = build_dynunet(size, 1, 3)
+    elif network == "teacher":
+        model = build_teacher(name="litemedsam", checkpoint="", image_size=size, num_classes=3, lora_rank=4)
     else:
         model = build_vit_fpn(image_size=size, in_channels=1, num_classes=3, fpn=network)
     model.train()
@@ -50,7 +54,7 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
         from common.losses import DeepSupervised
 
         loss_fn = DeepSupervised(loss_fn)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     forward = model
     compile_seconds = None
     if variant == "compile":
@@ -64,7 +68,8 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
         optimizer.zero_grad(set_to_none=True)
         if variant == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = loss_fn(forward(x).float(), y)
+                out = forward(x)
+            loss = loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y)
         else:
             loss = loss_fn(forward(x), y)
         loss.backward()
@@ -85,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=6, help="the student bundle's batch (6)")
+    parser.add_argument("--teacher_batch", type=int, default=4, help="the teacher bundle's batch (4)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -100,12 +106,14 @@ def main() -> None:
         network, variant = args._one.split(":")
         print(json.dumps(_step_times(network, variant, args.image_size, args.batch_size, args.steps, args.warmup)))
         return
-    jobs = [(n, v) for n in args.networks.split(",") for v in args.variants.split(",")] + [("reference", "fp32")]
+    jobs = [(n, v) for n in args.networks.split(",") for v in args.variants.split(",")]
+    if "reference" not in args.networks.split(","):
+        jobs.append(("reference", "fp32"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     rows = []
     for network, variant in jobs:
         command = [sys.executable, __file__, "--_one", f"{network}:{variant}", "--image_size", str(args.image_size),
-                   "--batch_size", str(args.batch_size), "--threads", str(args.threads), "--steps", str(args.steps),
+                   "--batch_size", str(args.teacher_batch if network == "teacher" else args.batch_size), "--threads", str(args.threads), "--steps", str(args.steps),
                    "--warmup", str(args.warmup)]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
