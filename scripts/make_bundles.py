@@ -271,8 +271,9 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
                  "(AVX512-BF16 or AMX; elsewhere it trains in fp32 and says so once), MONAI's fp16 AMP on CUDA; "
                  "the loss, the optimizer and the saved weights stay fp32, and `models/recipe.json` records the "
                  "precision the run used. `--amp false` trains in fp32. On the 2-core CPU these bundles are "
-                 "developed on (demo, 2026-12-03) bf16 made the TS-KD pre-training 0.68x as long and the skip "
-                 "student 0.86x (student test Dice 0.8956 against 0.8942 in fp32, one seed), and a reference "
+                 "developed on (demo, 2026-12-03, two runs) bf16 made the TS-KD pre-training 0.55-0.68x as long "
+                 "and the skip student 0.78-0.86x (student test Dice 0.8934 and 0.8956 against 0.8942 in fp32, "
+                 "one seed), and a reference "
                  "step 0.58x (`scripts/bench/train_step.py` in the tskd repository).")
     if stage == "teacher":
         precision = ("fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast "

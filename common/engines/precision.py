@@ -6,8 +6,9 @@ MONAI's engines autocast on CUDA only (``amp``); on a CPU they train in fp32 wha
 accumulation and the optimizer stay in fp32 (no gradient scaler is needed for bf16). The wrapper holds the same
 module, so the optimizer, the checkpoints and the exported model are those of the network itself.
 
-bf16 pays only where the CPU computes it natively (AVX512-BF16 or AMX; measured on the 2-core AMD EPYC with
-AVX512-BF16 these bundles are developed on: a training step 0.5-0.7x of fp32's, ``scripts/bench/train_step.py``).
+bf16 pays only where the CPU computes it natively (AVX512-BF16 or AMX; on the 2-core AMD EPYC with AVX512-BF16
+these bundles are developed on, the demo's TS-KD pre-training took 0.55-0.68x of its fp32 time, the skip student
+0.78-0.86x and a reference step 0.58x, ``scripts/bench/train_step.py`` and the README).
 Elsewhere oneDNN emulates it, slower than fp32, so ``amp`` there trains in fp32 and says so once.
 """
 
