@@ -156,9 +156,8 @@ def test_train_serves_a_better_student_and_never_runs_two_rounds_at_once(app):
     first, second = rounds
     assert first["served_val_dice"] == 0.0 and first["labels"] == len(app["datalist"]["training"])
     assert first["new_val_dice"] > 0.0 and first["swapped"]
-    # The first round's student is served: its validation Dice again, measured in fp32 now (the round's own figure
-    # came from validation under the training's bf16 autocast, ~1e-3 apart).
-    assert second["served_val_dice"] == pytest.approx(first["new_val_dice"], abs=0.01)
+    # The first round's student is served: its validation Dice again (validation runs in fp32 whatever `amp` trains in).
+    assert second["served_val_dice"] == pytest.approx(first["new_val_dice"])
     assert second["swapped"] == (second["new_val_dice"] > second["served_val_dice"])
     after = torch.load(served, weights_only=True)
     assert any(v.abs().sum() > 0 for v in after.values())
