@@ -267,22 +267,18 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         "teacher": " The merged export (`model_merged.pt`) is written by rank 0 from the best checkpoint.",
         "synth": " The exponential moving average is kept on every rank (they agree) and saved by rank 0.",
     }
-    precision = ("Mixed precision by default (`amp` true): bf16 autocast on a CPU with bf16 instructions "
-                 "(AVX512-BF16 or AMX; elsewhere it trains in fp32 and says so once), MONAI's fp16 AMP on CUDA; "
-                 "the loss, the optimizer and the saved weights stay fp32, and `models/recipe.json` records the "
-                 "precision the run used. `--amp false` trains in fp32. On the 2-core CPU these bundles are "
-                 "developed on (demo, 2026-12-03, two runs) bf16 made the TS-KD pre-training 0.55-0.68x as long "
-                 "and the skip student 0.78-0.86x (student test Dice 0.8934 and 0.8956 against 0.8942 in fp32, "
-                 "one seed), and a reference "
-                 "step 0.58x (`scripts/bench/train_step.py` in the tskd repository).")
-    if stage == "teacher":
-        precision = ("fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast "
-                     "made the teacher's 150 steps 0.75x as long but dropped its test Dice from 0.8674 to 0.7663. "
-                     "`--amp true` uses bf16 autocast on a CPU with bf16 instructions, MONAI's fp16 AMP on CUDA; "
-                     "`models/recipe.json` records the precision the run used.")
-    if stage == "synth":
-        precision = ("fp32 by default (`amp` false): the generator's quality under bf16 is not measured. "
-                     "`--amp true` uses bf16 autocast on a CPU with bf16 instructions, MONAI's fp16 AMP on CUDA.")
+    precision_default = {
+        "teacher": "fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast made "
+                   "the teacher's 150 steps 0.75x as long but dropped its test Dice from 0.8674 to 0.7648.",
+        "synth": "fp32 by default (`amp` false): the generator's quality under bf16 is not measured.",
+    }.get(stage, "Mixed precision by default (`amp` true): on the 2-core CPU these bundles are developed on (demo, "
+                 "2026-12-03, two runs) bf16 made the TS-KD pre-training 0.55-0.68x as long and the skip student "
+                 "0.78-0.86x (student test Dice 0.8934 and 0.8956 against 0.8942 in fp32, one seed), and a "
+                 "reference step 0.58x (`scripts/bench/train_step.py` in the tskd repository).")
+    precision = (precision_default + " `amp` true means bf16 autocast of the training steps on a CPU with bf16 "
+                 "instructions (AVX512-BF16 or AMX; elsewhere it trains in fp32 and says so once) and MONAI's fp16 "
+                 "AMP on CUDA; the loss, the optimizer and the saved weights stay fp32, validation, evaluation and "
+                 "inference run in fp32, and `models/recipe.json` records the precision the run used.")
     with open(os.path.join(TEMPLATE, "multi_gpu.md")) as f:
         multi_gpu = Template(f.read()).substitute(bundle=name, multi_gpu_stage=stage_notes.get(stage, ""),
                                                   precision=precision)

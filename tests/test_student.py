@@ -158,7 +158,7 @@ def test_amp_on_a_cpu_without_bf16_instructions_trains_in_fp32_and_says_so(monke
     net = build_vit_fpn(image_size=32, in_channels=1, num_classes=3, fpn="skip")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    monkeypatch.setattr(precision, "_warned", [])
+    precision._warn_no_bf16.cache_clear()
     with caplog.at_level("WARNING", logger="common.engines.precision"):
         assert autocast_network(net, True, "cpu") is net and autocast_network(net, True, "cpu") is net
     assert sum("no bf16 instructions" in r.getMessage() for r in caplog.records) == 1  # said once, not per call

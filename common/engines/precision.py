@@ -14,6 +14,7 @@ Elsewhere oneDNN emulates it, slower than fp32, so ``amp`` there trains in fp32 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -22,7 +23,6 @@ from torch.utils._pytree import tree_map
 __all__ = ["CpuAutocast", "autocast_network", "cpu_bf16_native", "engine_amp"]
 
 logger = logging.getLogger(__name__)
-_warned = []
 
 
 def cpu_bf16_native() -> bool:
@@ -46,18 +46,22 @@ class CpuAutocast(torch.nn.Module):
 
 
 def autocast_network(network: torch.nn.Module, amp: bool, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The network a bundle trains and validates with: wrapped in ``CpuAutocast`` when ``amp`` is asked for on
-    a CPU with bf16 instructions; as it is otherwise (on CUDA the engines' own ``amp`` autocasts; on a CPU
-    without bf16 instructions it trains in fp32, with one warning)."""
+    """The network a bundle trains with: wrapped in ``CpuAutocast`` when ``amp`` is asked for on a CPU with bf16
+    instructions; as it is otherwise (on CUDA the engines' own ``amp`` autocasts; on a CPU without bf16
+    instructions it trains in fp32, with one warning). Validation uses the plain network, in fp32."""
     if not amp or torch.device(device).type != "cpu":
         return network
     if cpu_bf16_native():
         return CpuAutocast(network)
-    if not _warned:
-        _warned.append(True)
-        logger.warning("amp: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is slower "
-                       "than fp32; training in fp32 (recipe.json records the precision). --amp false silences this.")
+    _warn_no_bf16()
     return network
+
+
+@functools.cache
+def _warn_no_bf16() -> None:
+    """Once per process."""
+    logger.warning("amp: this CPU has no bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast is slower "
+                   "than fp32; training in fp32 (recipe.json records the precision). --amp false silences this.")
 
 
 def engine_amp(amp: bool, device: torch.device | str) -> bool:

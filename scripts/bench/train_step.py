@@ -112,8 +112,9 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     rows = []
     for network, variant in jobs:
+        batch = args.teacher_batch if network == "teacher" else args.batch_size
         command = [sys.executable, __file__, "--_one", f"{network}:{variant}", "--image_size", str(args.image_size),
-                   "--batch_size", str(args.teacher_batch if network == "teacher" else args.batch_size), "--threads", str(args.threads), "--steps", str(args.steps),
+                   "--batch_size", str(batch), "--threads", str(args.threads), "--steps", str(args.steps),
                    "--warmup", str(args.warmup)]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
