@@ -97,6 +97,28 @@ def test_only_lora_and_decoder_receive_gradients(lite_teacher):
     assert all(p.grad.abs().sum() > 0 for n, p in teacher.named_parameters() if "lora_B" in n)
 
 
+def test_the_encoder_in_chunks_gives_the_whole_batchs_outputs_and_gradients(lite_teacher):
+    teacher = lite_teacher.train()
+    x = torch.rand(3, 1, 64, 64)
+    y = torch.randint(0, 3, (3, 64, 64))
+    results = {}
+    for chunk in (3, 1, 2):  # the whole batch; one image at a time (the CPU default); uneven chunks
+        teacher.encoder_chunk = chunk
+        teacher.zero_grad()
+        out = teacher.forward_all(x)
+        torch.nn.functional.cross_entropy(out["logits"], y).backward()
+        grads = {n: p.grad.clone() for n, p in teacher.named_parameters() if p.requires_grad}
+        results[chunk] = (out["hidden"].detach(), out["logits"].detach(), grads)
+    teacher.encoder_chunk = 0
+    hidden, logits, grads = results[3]
+    for chunk in (1, 2):
+        torch.testing.assert_close(results[chunk][0], hidden, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(results[chunk][1], logits, rtol=1e-4, atol=1e-5)
+        for n, g in grads.items():
+            torch.testing.assert_close(results[chunk][2][n], g, rtol=1e-3, atol=1e-6, msg=n)
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
 def test_trained_state_round_trip_and_merged_export(lite_teacher, tmp_path):
     teacher = lite_teacher.eval()
     torch.manual_seed(3)

@@ -57,7 +57,16 @@ class SamTeacher(nn.Module):
         mask_decoder: SAM mask decoder with ``num_multimask_outputs = num_classes - 1``.
         pixel_mean: per-channel mean of inputs scaled to [0, 1].
         pixel_std: per-channel std of inputs scaled to [0, 1].
+
+    Attributes:
+        encoder_chunk: images per pass of the image encoder; 0 (default) means one at a time on the CPU and the
+            whole batch on other devices. The encoder treats images independently (frozen BatchNorm in eval
+            mode, per-window attention), so chunks give the batch's outputs and gradients. On the CPU its
+            high-resolution stages are memory-bound: on 2 cores LiteMedSAM's forward at 128² cost more per image
+            in a batch of 8 than alone (``scripts/bench/train_step.py --networks teacher``).
     """
+
+    encoder_chunk: int = 0
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
                  pixel_mean: tuple[float, ...] = SAM_PIXEL_MEAN, pixel_std: tuple[float, ...] = SAM_PIXEL_STD) -> None:
@@ -85,7 +94,10 @@ class SamTeacher(nn.Module):
         """
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        hidden = self.image_encoder((x - self.pixel_mean) / self.pixel_std)
+        x = (x - self.pixel_mean) / self.pixel_std
+        chunk = self.encoder_chunk or (1 if x.device.type == "cpu" else x.shape[0])
+        hidden = torch.cat([self.image_encoder(part) for part in x.split(chunk)]) if chunk < x.shape[0] \
+            else self.image_encoder(x)
         sparse, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
         image_pe = self.prompt_encoder.get_dense_pe()
         # predict_masks repeats the embedding once per prompt set; one image per call keeps it 1:1.

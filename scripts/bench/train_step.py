@@ -13,7 +13,11 @@ step of the same pyramid:
   - ``batch x2``: twice the batch (compare per image: more steps for the same time only if it is lower).
 Also the DynUNet reference's fp32 step, for scale. ``--networks`` may name ``teacher`` (the demo's LiteMedSAM
 with LoRA rank 4, untrained weights: the cost is the architecture's, at the teacher bundle's batch of
-``--teacher_batch``) and ``reference`` to measure their variants too. Writes ``--out`` (JSON) when given.
+``--teacher_batch``) and ``reference`` to measure their variants too. The teacher has variants of its own
+(``--teacher_variants``): ``encoder batch``, its step with the image encoder run on the whole batch at once
+instead of one image at a time (``SamTeacher.encoder_chunk``, the CPU default); ``cache``, the no-grad
+forward of the teacher cache's pass (a batch of 8, one image at a time through the encoder) and ``cache encoder
+batch`` (compared with ``cache``). Writes ``--out`` (JSON) when given.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 import time
 
 VARIANTS = ("fp32", "channels_last", "bf16", "compile", "batch x2")
+TEACHER_VARIANTS = ("encoder batch", "cache", "cache encoder batch")
 
 
 def _step_times(network: str, variant: str, size: int, batch: int, steps: int, warmup: int) -> dict:
@@ -44,6 +49,10 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
         model = build_vit_fpn(image_size=size, in_channels=1, num_classes=3, fpn=network)
     model.train()
     batch = batch * 2 if variant == "batch x2" else batch
+    if variant.startswith("cache"):
+        batch = 8  # TeacherCache's batch
+    if "encoder batch" in variant:
+        model.encoder_chunk = batch
     x = torch.rand(batch, 1, size, size)
     y = torch.randint(0, 3, (batch, 1, size, size)).float()
     if variant == "channels_last":
@@ -65,6 +74,10 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
         compile_seconds = time.perf_counter() - start
 
     def step():
+        if variant.startswith("cache"):
+            with torch.no_grad():
+                model.eval().forward_all(x)
+            return
         optimizer.zero_grad(set_to_none=True)
         if variant == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -96,6 +109,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--networks", default="light,skip", help="student pyramids to measure")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--teacher_variants", default=",".join(TEACHER_VARIANTS),
+                        help="the teacher's own variants, measured besides --variants when --networks has teacher")
     parser.add_argument("--out", default="")
     parser.add_argument("--_one", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,6 +122,8 @@ def main() -> None:
         print(json.dumps(_step_times(network, variant, args.image_size, args.batch_size, args.steps, args.warmup)))
         return
     jobs = [(n, v) for n in args.networks.split(",") for v in args.variants.split(",")]
+    if "teacher" in args.networks.split(","):
+        jobs += [("teacher", v) for v in args.teacher_variants.split(",") if v]
     if "reference" not in args.networks.split(","):
         jobs.append(("reference", "fp32"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -123,14 +140,15 @@ def main() -> None:
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     print(f"\nOne training step at {args.image_size}², {args.threads} threads, median of {args.steps} steps:")
-    print("| network | variant | batch | ms / step | ms / image | per image vs fp32 |")
+    print("| network | variant | batch | ms / step | ms / image | per image vs fp32 (vs cache) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         if "error" in row:
             print(f"| {row['network']} | {row['variant']} | - | failed: {row['error'][:80]} | | |")
             continue
-        base = next((r for r in rows if r["network"] == row["network"] and r["variant"] == "fp32" and "error" not in r),
-                    None)
+        base_variant = "cache" if row["variant"].startswith("cache") else "fp32"
+        base = next((r for r in rows if r["network"] == row["network"] and r["variant"] == base_variant
+                     and "error" not in r), None)
         ratio = row["ms_per_image"] / base["ms_per_image"] if base else float("nan")
         extra = f" (compile {row['compile_seconds']:.0f} s)" if row.get("compile_seconds") else ""
         print(f"| {row['network']} | {row['variant']}{extra} | {row['batch']} | {row['ms_per_step']:.0f} | "
