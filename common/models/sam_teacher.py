@@ -62,8 +62,9 @@ class SamTeacher(nn.Module):
         encoder_chunk: images per pass of the image encoder; 0 (default) means one at a time on the CPU and the
             whole batch on other devices. The encoder treats images independently (frozen BatchNorm in eval
             mode, per-window attention), so chunks give the batch's outputs and gradients. On the CPU its
-            high-resolution stages are memory-bound: on 2 cores LiteMedSAM's forward at 128² cost more per image
-            in a batch of 8 than alone (``scripts/bench/train_step.py --networks teacher``).
+            high-resolution stages are memory-bound: on 2 cores, one image at a time made LiteMedSAM's training
+            step at 128² (batch 4) 0.86x and its cache pass (batch 8) 0.68x as long as whole batches
+            (``scripts/bench/train_step.py --networks teacher``, docs/results/teacher_speed).
     """
 
     encoder_chunk: int = 0
