@@ -270,11 +270,15 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     precision_default = {
         "teacher": "fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast made "
                    "the teacher's 150 steps 0.75x as long but dropped its test Dice from 0.8674 to 0.7648.",
+        "reference": "fp32 by default (`amp` false): on the demo grid (quick profile, 10 labels, 3 seeds, 2026-12-03) "
+                     "the reference trained with bf16 autocast reached test Dice 0.7954 / 0.8014 / 0.7942 against "
+                     "0.8174 / 0.8439 / 0.8546 in fp32, lower on every seed (at 5 labels +0.011, at all labels "
+                     "-0.002, three seeds each); the bar the student must clear is the fp32 one, at 1.7x the time per step "
+                     "(`scripts/bench/train_step.py` in the tskd repository).",
         "synth": "fp32 by default (`amp` false): the generator's quality under bf16 is not measured.",
     }.get(stage, "Mixed precision by default (`amp` true): on the 2-core CPU these bundles are developed on (demo, "
                  "2026-12-03, two runs) bf16 made the TS-KD pre-training 0.55-0.68x as long and the skip student "
-                 "0.78-0.86x (student test Dice 0.8934 and 0.8956 against 0.8942 in fp32, one seed), and a "
-                 "reference step 0.58x (`scripts/bench/train_step.py` in the tskd repository).")
+                 "0.78-0.86x (student test Dice 0.8934 and 0.8956 against 0.8942 in fp32, one seed).")
     precision = (precision_default + " `amp` true means bf16 autocast of the training steps on a CPU with bf16 "
                  "instructions (AVX512-BF16 or AMX; elsewhere it trains in fp32 and says so once) and MONAI's fp16 "
                  "AMP on CUDA; the loss, the optimizer and the saved weights stay fp32, validation, evaluation and "
