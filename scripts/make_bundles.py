@@ -269,7 +269,9 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
     }
     precision_default = {
         "teacher": "fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast made "
-                   "the teacher's 150 steps 0.75x as long but dropped its test Dice from 0.8674 to 0.7648.",
+                   "the teacher's 150 steps 0.75x as long and its run scored 0.7648 test Dice against 0.8674 in fp32; "
+                   "that run's validation Dice stayed at 0 for its first 50 steps, as an fp32 run with 175 steps did "
+                   "too (0.7745), so one run each does not show what bf16 costs: it stays off until measured over seeds.",
         "reference": "fp32 by default (`amp` false): on the demo grid (quick profile, 10 labels, 3 seeds, 2026-12-03) "
                      "the reference trained with bf16 autocast reached test Dice 0.7954 / 0.8014 / 0.7942 against "
                      "0.8174 / 0.8439 / 0.8546 in fp32, lower on every seed (at 5 labels +0.011, at all labels "
