@@ -251,3 +251,30 @@ def test_a_bundle_s_values_are_read_through_its_declared_properties(demo_small):
     assert teacher.num_classes == 3  # from the dataset's datalist: background, grey and white matter
     assert bundle_properties("demo", "student", {"image_size": 64}).image_size == 64
     assert bundle_properties("demo", "student").lora_rank is None  # optional, and not a student's
+
+
+def test_a_dataset_prepared_at_another_side_runs_at_that_side_unless_told(demo_small, tmp_path, capsys):
+    """demo_small is prepared at 64 (its datalist says so); the demo bundles' own side is 128. Without
+    --image_size the run and the grid use 64 and say why; --image_size still wins; a set prepared at the bundles'
+    side adds no override."""
+    import json
+    import shutil
+
+    from common.pipeline.config import RunConfig, prepared_image_size
+    from common.pipeline.grid.cells import Grid
+    from common.pipeline.grid.spec import GridSpec
+
+    assert RunConfig(data_dir=demo_small, out=str(tmp_path / "run")).checked().image_size == 64
+    assert "prepared at 64x64" in capsys.readouterr().out
+    assert RunConfig(data_dir=demo_small, image_size=128, out=str(tmp_path / "run")).checked().image_size == 128
+    grid = Grid(GridSpec(data_dir=demo_small, methods="scratch", labels="2", seeds=1, tracking="none",
+                         out=str(tmp_path / "grid")))
+    grid.prepare()
+    assert grid.spec.image_size == 64 and json.load(open(tmp_path / "grid" / "grid.json"))["image_size"] == 64
+    same = tmp_path / "at128"
+    shutil.copytree(demo_small, same)
+    info = json.load(open(same / "datalist.json"))
+    json.dump({**info, "image_size": 128}, open(same / "datalist.json", "w"))
+    assert prepared_image_size("demo", str(same)) == 0
+    json.dump({k: v for k, v in info.items() if k != "image_size"}, open(same / "datalist.json", "w"))
+    assert prepared_image_size("demo", str(same)) == 0

@@ -18,7 +18,7 @@ from common.pipeline.profiles import METHODS, PROFILES
 from common.provenance import check_writable
 from common.settings import LITEMEDSAM_MULTIPLE, PATCH, check_image_size, check_labels
 
-__all__ = ["RunConfig", "MAE_LITE_HINT", "NETWORK_RULES", "imagenet_mae_heads"]
+__all__ = ["RunConfig", "MAE_LITE_HINT", "NETWORK_RULES", "imagenet_mae_heads", "prepared_image_size"]
 
 MAE_LITE_HINT = ("ImageNet-MAE initialisation needs MAE-lite's ViT-Tiny weights (Wang et al., ICML 2023), published "
                  "with https://github.com/wangsr126/mae-lite; this project cannot download them. Pass the file with "
@@ -75,6 +75,8 @@ class RunConfig:
         config = self
         if config.transfer_source is None:
             config = config.replace(transfer_source=PROFILES[self.profile]["transfer_source"])
+        if not config.image_size and config.data_dir is not None:
+            config = config.replace(image_size=prepared_image_size(config.dataset, config.data_dir))
         if config.image_size:
             for network in ("student", "litemedsam" if config.teacher == "litemedsam" else "sam"):
                 check_image_size(config.image_size, "--image_size", *NETWORK_RULES[network])
@@ -153,6 +155,24 @@ class RunConfig:
         train = len(load_datalist(datalist, "training", limit=self.labels or None))
         val = len(validation_items(datalist, self.val_labels))
         return f"{train} labels" + (f" (+ {val} for validation)" if val else " (no validation)")
+
+
+def prepared_image_size(dataset: str, data_dir: str) -> int:
+    """The side ``data_dir`` was prepared at (its datalist's ``image_size``) where the dataset's bundles would
+    resize it to another side of their own (DRIVE's are 512: a set prepared at 128 would train at 512, 16x the
+    pixels); 0 where they agree, where the datalist records none, or where the bundles read it themselves
+    (``folder``). An ``--image_size`` given on the command line is used instead of this."""
+    from common.pipeline.bundles import bundle_properties
+
+    size = read_datalist_info(os.path.join(data_dir, "datalist.json")).get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return 0
+    default = bundle_properties(dataset, "teacher", {"dataset_dir": data_dir}).image_size
+    if size == default:
+        return 0
+    print(f"image size: {data_dir} was prepared at {size}x{size} (its datalist.json); the {dataset} bundles' own size is "
+          f"{default}, so every stage runs at {size} (--image_size chooses another)", flush=True)
+    return size
 
 
 def imagenet_mae_heads(checkpoint: str, num_heads: int) -> int:

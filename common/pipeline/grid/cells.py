@@ -10,6 +10,7 @@ from common.comparison import REFERENCE, TEACHER
 from common.data import load_datalist, validation_items
 from common.errors import TskdError
 from common.pipeline.bundles import bundle_properties
+from common.pipeline.config import prepared_image_size
 from common.pipeline.grid.records import CellRecords, mlflow_store
 from common.pipeline.grid.spec import GridSpec, cell_id, check_grid_settings, label_budgets
 from common.pipeline.profiles import PRETRAINED, PROFILES
@@ -62,6 +63,8 @@ class Grid:
                 raise TskdError(f"--labels {labels}: the training split of {self.datalist} has {self.n_train} images.")
         if any(m in PRETRAINED for m in self.methods):
             spec.cell_config("tskd", self.budgets[0], self.transfers[0]).dataset_folder(self.out)
+        if not spec.image_size:
+            spec.image_size = prepared_image_size(spec.dataset, self.data_dir)
         check_grid_settings(self.out, self.spec)
         tracking = mlflow_store(self.out, spec.dataset) if spec.tracking == "mlflow" and not spec.report_only else None
         self.records = CellRecords(self.out, self.n_train, spec.transfer_source, tracking,
