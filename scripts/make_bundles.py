@@ -274,8 +274,8 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
                    "too (0.7745), so one run each does not show what bf16 costs: it stays off until measured over seeds.",
         "reference": "fp32 by default (`amp` false): on the demo grid (quick profile, 10 labels, 3 seeds, 2026-12-03) "
                      "the reference trained with bf16 autocast reached test Dice 0.7954 / 0.8014 / 0.7942 against "
-                     "0.8174 / 0.8439 / 0.8546 in fp32, lower on every seed (at 5 labels +0.011, at all labels "
-                     "-0.002, three seeds each); the bar the student must clear is the fp32 one, at 1.7x the time per step "
+                     "0.8174 / 0.8439 / 0.8546 in fp32, lower on every seed (at 5 labels bf16 was 0.011 higher, at all "
+                     "labels 0.002 lower, means of three seeds); the bar the student must clear is the fp32 one, at 1.7x the time per step "
                      "(`scripts/bench/train_step.py` in the tskd repository).",
         "synth": "fp32 by default (`amp` false): the generator's quality under bf16 is not measured.",
     }.get(stage, "Mixed precision by default (`amp` true): on the 2-core CPU these bundles are developed on (demo, "

@@ -25,9 +25,9 @@ __all__ = ["PROFILES", "PRETRAIN_BATCH", "METHODS", "PRETRAINED", "HEAD_PRETRAIN
 # (docs/results/convergence/stop_rules.md) this rule kept checkpoints of mean test Dice 0.8073, against 0.7755 for
 # the former 300-step cap with patience 3 and 0.8130 for the best checkpoint on each curve.
 STUDENT_STOP = {"steps": 750, "patience": 3, "patience_fraction": 0.5, "val_smoothing": 0.5}
+MILD_AUGMENTATION = {"rotate": 0.05, "scale": 0.05, "shear": 0.0, "translate": 0.02}
 # The teacher's quick budget: as many steps as keep the main job (demo, all labels, 2 CPU cores) under 15 min;
 # it ends at its cap still improving. 175 steps: 14 min 16 s end to end (docs/results/main_job).
-MILD_AUGMENTATION = {"rotate": 0.05, "scale": 0.05, "shear": 0.0, "translate": 0.02}
 PROFILES = {
     "quick": {"teacher": {"steps": 175, "patience": 3}, "pretrain": {"images": 4000},
               "student": STUDENT_STOP, "epoch_length": 25, "transfer": 160,
