@@ -271,12 +271,13 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         "teacher": "fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast made "
                    "the teacher's 150 steps 0.75x as long and its run scored 0.7648 test Dice against 0.8674 in fp32; "
                    "that run's validation Dice stayed at 0 for its first 50 steps, as an fp32 run with 175 steps did "
-                   "too (0.7745), so one run each does not show what bf16 costs: it stays off until measured over seeds.",
+                   "too (0.7745), so one run each does not show what bf16 costs: it stays off until measured over "
+                   "seeds.",
         "reference": "fp32 by default (`amp` false): on the demo grid (quick profile, 10 labels, 3 seeds, 2026-12-03) "
                      "the reference trained with bf16 autocast reached test Dice 0.7954 / 0.8014 / 0.7942 against "
                      "0.8174 / 0.8439 / 0.8546 in fp32, lower on every seed (at 5 labels bf16 was 0.011 higher, at all "
-                     "labels 0.002 lower, means of three seeds); the bar the student must clear is the fp32 one, at 1.7x the time per step "
-                     "(`scripts/bench/train_step.py` in the tskd repository).",
+                     "labels 0.002 lower, means of three seeds); the bar the student must clear is the fp32 one, at "
+                     "1.7x the time per step (`scripts/bench/train_step.py` in the tskd repository).",
         "synth": "fp32 by default (`amp` false): the generator's quality under bf16 is not measured.",
     }.get(stage, "Mixed precision by default (`amp` true): on the 2-core CPU these bundles are developed on (demo, "
                  "2026-12-03, two runs) bf16 made the TS-KD pre-training 0.55-0.68x as long and the skip student "

@@ -170,8 +170,8 @@ def prepared_image_size(dataset: str, data_dir: str) -> int:
     default = bundle_properties(dataset, "teacher", {"dataset_dir": data_dir}).image_size
     if size == default:
         return 0
-    print(f"image size: {data_dir} was prepared at {size}x{size} (its datalist.json); the {dataset} bundles' own size is "
-          f"{default}, so every stage runs at {size} (--image_size chooses another)", flush=True)
+    print(f"image size: {data_dir} was prepared at {size}x{size} (its datalist.json); the {dataset} bundles' own "
+          f"size is {default}, so every stage runs at {size} (--image_size chooses another)", flush=True)
     return size
 
 
