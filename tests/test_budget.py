@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-
+from conftest import ROOT
 from common.pipeline import profiles as pipeline_profiles
 from common.pipeline import report as pipeline_report
 from common.engines import budget_epochs, read_training_record
@@ -236,6 +236,24 @@ def test_the_teachers_poly_schedule_warms_up_then_decays_as_samed():
     assert type(cosine).__name__ == "WarmupCosineSchedule"
     with pytest.raises(TskdError, match="lr_schedule must be one of cosine, poly"):
         warmup_schedule(optimizer, "step", 1, 10)
+
+
+def test_the_teacher_warms_up_over_half_a_short_run_and_the_students_over_a_tenth():
+    """The generated bundles' warm-up: the teacher's over half its run (capped at warmup_iterations), which kept it
+    from the all-background start at the paper's lr (docs/results/teacher_warmup); the students' a tenth."""
+    from monai.bundle import ConfigParser
+
+    def warmup(bundle, steps):
+        parser = ConfigParser()
+        parser.read_config(os.path.join(ROOT, "bundles", bundle, "configs", "train.json"))
+        parser.update({"steps": steps, "steps_per_epoch": 25})  # what the data loader would give at epoch_length 25
+        return parser.get_parsed_content("lr_scheduler#warmup_steps"), parser.get_parsed_content("lr_scheduler#total_steps")
+
+    assert warmup("demo_teacher", 175) == (88, 175)  # the quick profile's teacher
+    assert warmup("drive_teacher", 175) == (88, 175)
+    assert warmup("demo_teacher", 0) == (250, 4000)  # the paper's 160 epochs: the 250-step cap
+    assert warmup("demo_student", 750) == (75, 750)
+    assert warmup("demo_pretrain", 250) == (25, 250)
 
 
 def test_a_given_teacher_is_checked_from_its_own_bundle_or_said_to_be_unchecked(tmp_path):
