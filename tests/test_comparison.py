@@ -2,6 +2,7 @@
 cell (a real tiny grid on the demo data, smoke budgets)."""
 
 import csv
+import json
 import math
 import os
 import sys
@@ -97,7 +98,7 @@ def test_tables_mark_the_best_student_and_say_whether_a_difference_is_real(tmp_p
     assert "MAE" not in text.split("###")[1].split("\n- ")[0]  # the failed cell is not a row
 
 
-def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo_small, tmp_path, monkeypatch):
+def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo_small, tmp_path, monkeypatch, capfd):
     from common.pipeline import cli
     from common.pipeline import stages
     from common.pipeline.grid import cells as grid_cells
@@ -145,6 +146,16 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
         assert fragment in tables, fragment
     for png in ("dice_vs_labels.png", "qualitative.png"):
         assert (out / png).stat().st_size > 5000
+    # Each seed drew its own transfer set and pre-training (the first seed's in the folders a shared one uses).
+    from common.pipeline.stages import stage_overrides
+
+    first, second = (stage_overrides(str(out / "pretrain" / f"tskd_labels3_transfer8{s}")) for s in ("", "_seed1235"))
+    assert (first["seed"], second["seed"]) == (1234, 1235)
+    assert "augmented_8_labels3_seed1234" in first["transfer_file"]
+    assert "labels3_seed1235/augmented_8_labels3_seed1235" in second["transfer_file"]
+    assert first["teacher_checkpoint"] == second["teacher_checkpoint"]  # one teacher per label budget
+    assert "and each pre-trained row's transfer set and pre-training, so ± covers both" in tables
+    assert "## Pre-training wall time (this machine; once per label budget and transfer size and seed)" in tables
     # --report_only rewrites the tables from the records, training nothing.
     (out / "tables.md").unlink()
     trained.clear()
@@ -154,6 +165,21 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     with pytest.raises(SystemExit) as refused:
         cli.grid_main([*argv[:-2], "--transfer_source", "unlabelled"])
     assert "--transfer_source 'augment' there, 'unlabelled' now" in str(refused.value.code)
+    # A folder written before seeds had their own pre-training shared it: its grid.json does not say so.
+    settings = json.loads((out / "grid.json").read_text())
+    (out / "grid.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "shared_pretraining"}))
+    with pytest.raises(SystemExit) as refused:
+        cli.grid_main([*argv, "--report_only"])
+    assert "--shared_pretraining True there, False now" in str(refused.value.code)
+    (out / "grid.json").write_text(json.dumps(settings))
+    # A record whose weights this machine lacks (copied from another) is left out of qualitative.png, saying so.
+    os.remove(out / "reference" / "labels3_seed1234" / "models" / "model.pt")
+    (out / "qualitative.png").unlink()
+    capfd.readouterr()
+    cli.grid_main([*argv, "--tracking", "none"])
+    printed = capfd.readouterr().out
+    assert "qualitative.png: no column for DynUNet, nnU-Net 2D recipe" in printed and "rerun that cell" in printed
+    assert (out / "qualitative.png").stat().st_size > 5000
     import mlflow
 
     mlflow.set_tracking_uri("sqlite:///" + str(out / "mlruns.db"))
@@ -163,7 +189,8 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
 
 
 SMALL_GRID = ["--profile", "smoke", "--image_size", "64", "--methods", "scratch,tskd", "--labels", "3", "--seeds", "2",
-              "--lora_ranks", "none", "--qualitative", "0", "--tracking", "none", "--transfer_source", "augment"]
+              "--lora_ranks", "none", "--qualitative", "0", "--tracking", "none", "--transfer_source", "augment",
+              "--shared_pretraining"]
 
 
 def _cells(out) -> dict:
@@ -216,7 +243,7 @@ def one_worker(demo_small, tmp_path_factory):
 
 def test_a_grid_on_two_worker_processes_builds_each_shared_stage_once(demo_small, tmp_path, capfd, one_worker):
     """``--workers 2``: cells run in two processes; the teacher is built first, the TS-KD pre-training that two
-    seeds share is trained by one worker while the other waits for its lock; every cell is recorded here, with the
+    seeds share (``--shared_pretraining``) is trained by one worker while the other waits for its lock; every cell is recorded here, with the
     results of one worker (one torch thread per process, as the single worker had; see ``assert_same_results``)."""
     from common.pipeline import cli
 

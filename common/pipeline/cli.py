@@ -98,7 +98,13 @@ def grid_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="scratch,mae,mocov3,takd,tskd", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--labels", default="5,10,all", help="label budgets (numbers of labelled images, or all)")
     parser.add_argument("--transfer", default="", help="transfer-set sizes (default: the profile's)")
-    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per cell: --seed, --seed+1, ...")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds per cell: --seed, --seed+1, ...; each draws its own transfer set, pre-training "
+                             "and fine-tuning (the teacher of a label budget is trained once, with --seed)")
+    parser.add_argument("--shared_pretraining", action="store_true",
+                        help="the seeds of a label budget share the first seed's transfer set and pre-training and "
+                             "vary only the fine-tuning (cheaper; ± then omits the pre-training's spread; grid "
+                             "folders written before 2026-12-04 ran this way)")
     parser.add_argument("--no_reference", action="store_true", help="leave out the DynUNet reference row")
     parser.add_argument("--lora_ranks", default="",
                         help="teacher diagnostics: LoRA ranks to train and measure at the largest label budget "

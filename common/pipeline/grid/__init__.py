@@ -1,10 +1,11 @@
 """The comparison grid: which start gives the best student for this task and label budget.
 
 Every cell (method x label budget x transfer-set size x seed) runs the stages of the main job through the same
-bundles. What a cell shares with others is trained once: the teacher per label budget, the transfer set (and its
-generator) per label budget and size, the teacher cache and the pre-trained encoder per method, label budget and
-size. Seeds vary the fine-tuning (data order, augmentation, and the head's initialisation except TS-KD's, which its
-pre-training trains); the teacher and the pre-training use ``seed``. A DynUNet trained with nnU-Net's 2D recipe
+bundles. The teacher of a label budget is trained once, with ``seed``, and every cell of that budget learns from
+it. Each seed draws its own transfer set (and generator), teacher cache, pre-trained encoder and fine-tuning (data
+order, augmentation, and the head's initialisation except TS-KD's, which its pre-training trains), so the spread
+over seeds covers everything after the teacher; with ``shared_pretraining`` the seeds share the first seed's
+transfer set and pre-training and vary only the fine-tuning. A DynUNet trained with nnU-Net's 2D recipe
 (the ``<dataset>_reference`` bundle) on the same labels with the student's step budget is the reference row.
 
 A finished cell is recorded in ``OUT/cells/`` and skipped when the grid is run again (after a crash or Ctrl-C the

@@ -134,15 +134,27 @@ class Grid:
         report = self.evaluate("teacher", root, self.teacher_overrides(cell.labels, ckpt))
         return report, {"root": root}, [os.path.join(root, "eval", "metrics.json")]
 
+    def pretrain_seed(self, seed: int) -> int:
+        """The seed of the transfer set and pre-training a cell of ``seed`` learns from: its own, or with
+        ``shared_pretraining`` the first seed's (the seeds then vary only the fine-tuning)."""
+        return self.spec.seed if self.spec.shared_pretraining else seed
+
+    def pretrain_suffix(self, seed: int) -> str:
+        """The folder suffix of a cell's transfer set and pre-training: none for the first seed's, which a grid
+        with shared pre-training makes too (so a folder grown either way reuses it), ``_seed<n>`` for the others."""
+        own = self.pretrain_seed(seed)
+        return "" if own == self.spec.seed else f"_seed{own}"
+
     def _student_work(self, cell: Cell):
         method, labels, transfer, seed = cell.method, cell.labels, cell.transfer, cell.seed
-        config = self.spec.cell_config(method, labels, transfer).checked()
+        config = self.spec.cell_config(method, labels, transfer, seed=self.pretrain_seed(seed)).checked()
         teacher = self.teacher(labels)[:2] if method in ("tskd", "takd") else ("", "")
         tag = f"{method}_labels{labels}" + (f"_transfer{transfer}" if transfer else "")
         student_root = os.path.join(self.out, "students", f"{tag}_seed{seed}")
-        result = student_stages(config, self.data_dir, os.path.join(self.out, "transfer", f"labels{labels}"),
-                                teacher, os.path.join(self.out, "pretrain", tag), student_root, student_seed=seed,
-                                isolate=self.spec.isolate_stages)
+        suffix = self.pretrain_suffix(seed)
+        result = student_stages(config, self.data_dir, os.path.join(self.out, "transfer", f"labels{labels}{suffix}"),
+                                teacher, os.path.join(self.out, "pretrain", tag + suffix), student_root,
+                                student_seed=seed, isolate=self.spec.isolate_stages)
         report = self.evaluate("student", student_root, result["overrides"])
         extra = {"pretrain_seconds": result["pretrain_seconds"], "train_seconds": stage_seconds(student_root),
                  "root": student_root}

@@ -14,7 +14,7 @@ from common.pipeline.grid.cells import Grid
 from common.pipeline.grid.spec import cell_id
 from common.pipeline.profiles import PRETRAINED
 from common.pipeline.report import teacher_check, transfer_report
-from common.pipeline.stages import stage_overrides, student_overrides
+from common.pipeline.stages import WEIGHTS, stage_overrides, student_overrides
 from common.provenance import read_json
 
 __all__ = ["write_report", "qualitative"]
@@ -55,8 +55,11 @@ def header_lines(grid: Grid, rows: list[dict]) -> list[str]:
              f"Written by `tskd-grid` (scripts/run_grid.py) from `results.csv` ({len(rows)} rows). Test split: {n_test} "
              f"images. Every row also used {grid.val_n} validation masks (checkpoint selection and early stopping), "
              f"counted in each title. Seeds {', '.join(map(str, grid.seeds))} vary the fine-tuning (data order, "
-             "augmentation, and the head's initialisation, except TS-KD's head, which its pre-training trains); "
-             "the teacher and the pre-training use the first. Transfer sets: "
+             "augmentation, and the head's initialisation, except TS-KD's head, which its pre-training trains)"
+             + ("; the teacher and the pre-training use the first (shared pre-training), so ± is the fine-tuning's "
+                "spread only" if grid.spec.shared_pretraining else
+                " and each pre-trained row's transfer set and pre-training, so ± covers both; the teacher of a "
+                "label budget is one run (the first seed's)") + ". Transfer sets: "
              f"{grid.spec.transfer_source}. Mean ± sd over seeds; the best student per column in **bold** "
              "(the teacher and the DynUNet reference are not marked). TS-KD is compared with every other "
              "row by a Wilcoxon signed-rank test on per-image mean Dice (a class absent from both prediction and "
@@ -76,8 +79,8 @@ def write_report(grid: Grid, diagnostics: list[dict] | None = None) -> None:
     classes = class_names(grid.datalist)[1:]
     write_results([r["row"] for r in records], os.path.join(grid.out, "results.csv"), classes)
     rows = read_results(os.path.join(grid.out, "results.csv"))  # the table is written from the file
-    footer = [*teacher_lines(grid), *diagnostic_lines(diagnostics), *transfer_lines(grid), *time_lines(rows),
-              *flop_lines(grid)]
+    footer = [*teacher_lines(grid), *diagnostic_lines(diagnostics), *transfer_lines(grid),
+              *time_lines(rows, grid.spec.shared_pretraining), *flop_lines(grid)]
     write_tables(rows, os.path.join(grid.out, "tables.md"), classes, tests=paired_tests(grid, records),
                  header=header_lines(grid, rows), footer=footer, val_labels=grid.val_n)
     transfer = str(grid.transfers[0])
@@ -137,14 +140,17 @@ def transfer_lines(grid: Grid) -> list[str]:
     return ["## Transfer sets", "", *lines] if lines else []
 
 
-def time_lines(rows: list[dict]) -> list[str]:
+def time_lines(rows: list[dict], shared: bool) -> list[str]:
     times: dict[str, dict] = {}
     for r in rows:
         if r["status"] == "done" and r["method"] in PRETRAINED and r.get("pretrain_seconds") not in ("", None):
-            times.setdefault(r["method"], {})[(r["labels"], r["transfer"])] = float(r["pretrain_seconds"])
+            # A pre-training shared by seeds is one run: keyed without the seed, its cells count once.
+            key = (r["labels"], r["transfer"]) + (() if shared else (r["seed"],))
+            times.setdefault(r["method"], {})[key] = float(r["pretrain_seconds"])
     if not times:
         return []
-    lines = ["## Pre-training wall time (this machine; once per label budget and transfer size)", "",
+    per = "label budget and transfer size" + ("" if shared else " and seed")
+    lines = [f"## Pre-training wall time (this machine; once per {per})", "",
              "| method | mean seconds | runs |", "|---|---|---|"]
     for m, values in times.items():
         lines.append(f"| {METHOD_NAMES.get(m, m)} | {sum(values.values()) / len(values):.0f} | {len(values)} |")
@@ -179,9 +185,14 @@ def qualitative(grid: Grid) -> None:
     names += [(m, cell_id(m, labels, transfer if m in PRETRAINED else 0, seed), "student") for m in grid.methods]
     for method, name, stage in names:
         row = grid.records.get(name).get("row", {})
-        if row.get("status") == "done":
-            columns[METHOD_NAMES.get(method, method)] = grid.infer(stage, row["root"],
-                                                                   cell_overrides(grid, method, labels, seed, stage))
+        if row.get("status") != "done":
+            continue
+        if not os.path.isfile(os.path.join(row["root"], WEIGHTS)):  # a record copied from another machine
+            print(f"qualitative.png: no column for {METHOD_NAMES.get(method, method)}: its record {name} names "
+                  f"{row['root']}, which holds no {WEIGHTS} here (rerun that cell to draw it)", flush=True)
+            continue
+        columns[METHOD_NAMES.get(method, method)] = grid.infer(stage, row["root"],
+                                                               cell_overrides(grid, method, labels, seed, stage))
     if columns:
         path = save_prediction_grid(grid.datalist, columns, os.path.join(grid.out, "qualitative.png"),
                                     n=grid.spec.qualitative)

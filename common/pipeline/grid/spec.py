@@ -15,7 +15,9 @@ __all__ = ["GridSpec", "FIXED", "cell_id", "check_grid_settings", "label_budgets
 # Settings every cell depends on: a grid folder holds one value of each (methods, budgets, sizes and seeds may be
 # extended between runs).
 FIXED = ("dataset", "profile", "transfer_source", "unlabelled_dir", "seed", "image_size", "fpn", "teacher",
-         "sam_checkpoint", "denoiser", "val_labels", "imagenet_mae_pos_embed")
+         "sam_checkpoint", "denoiser", "val_labels", "imagenet_mae_pos_embed", "shared_pretraining")
+# What a grid folder written before a FIXED setting existed ran with (its grid.json does not name it).
+LEGACY = {"shared_pretraining": True}
 
 
 @dataclasses.dataclass
@@ -31,6 +33,7 @@ class GridSpec:
     unlabelled_dir: str = ""
     seeds: int = 3
     seed: int = 1234
+    shared_pretraining: bool = False
     profile: str = "quick"
     no_reference: bool = False
     lora_ranks: str = ""
@@ -63,14 +66,16 @@ class GridSpec:
     def fixed(self) -> dict:
         return {k: getattr(self, k) for k in FIXED}
 
-    def cell_config(self, method: str, labels: str, transfer: int) -> RunConfig:
-        """The run configuration of one cell (teacher, transfer set and pre-training use ``seed``)."""
+    def cell_config(self, method: str, labels: str, transfer: int, seed: int | None = None) -> RunConfig:
+        """The run configuration of one cell: its transfer set and pre-training use ``seed`` (default the grid's
+        first seed, which the teacher always uses)."""
         return RunConfig(
             dataset=self.dataset, data_dir=self.data_dir, method=method, profile=self.profile, transfer=transfer,
             transfer_source=self.transfer_source, unlabelled_dir=self.unlabelled_dir, denoiser=self.denoiser,
             labels=0 if labels == "all" else int(labels), teacher=self.teacher, sam_checkpoint=self.sam_checkpoint,
             fpn=self.fpn, imagenet_mae_checkpoint=self.imagenet_mae_checkpoint,
-            num_heads=self.num_heads if method in ("imagenet_mae", "scratch") else 0, seed=self.seed,
+            num_heads=self.num_heads if method in ("imagenet_mae", "scratch") else 0,
+            seed=self.seed if seed is None else seed,
             image_size=self.image_size, val_labels=self.val_labels, imagenet_mae_pos_embed=self.imagenet_mae_pos_embed,
             out=self.out)
 
@@ -97,9 +102,11 @@ def check_grid_settings(out: str, spec: GridSpec) -> None:
     later run with another value is refused (its finished cells would be mixed with these)."""
     path = os.path.join(out, "grid.json")
     mine, saved = spec.fixed(), read_json(path)
+    if saved:
+        saved = {**LEGACY, **saved}
     differ = [f"--{k} {saved[k]!r} there, {mine[k]!r} now" for k in mine if k in saved and saved[k] != mine[k]]
     if differ:
         raise TskdError(f"'{out}' holds a grid run with other settings ({'; '.join(differ)}); its finished cells "
-                        "would be mixed with these. Choose another --out.")
+                        "would be mixed with these. Run with that folder's settings, or choose another --out.")
     if not saved and not spec.report_only:
         write_json(path, mine)
