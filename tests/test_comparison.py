@@ -243,8 +243,9 @@ def one_worker(demo_small, tmp_path_factory):
 
 def test_a_grid_on_two_worker_processes_builds_each_shared_stage_once(demo_small, tmp_path, capfd, one_worker):
     """``--workers 2``: cells run in two processes; the teacher is built first, the TS-KD pre-training that two
-    seeds share (``--shared_pretraining``) is trained by one worker while the other waits for its lock; every cell is recorded here, with the
-    results of one worker (one torch thread per process, as the single worker had; see ``assert_same_results``)."""
+    seeds share (``--shared_pretraining``) is trained by one worker while the other waits for its lock; every cell
+    is recorded here, with the results of one worker (one torch thread per process, as the single worker had; see
+    ``assert_same_results``)."""
     from common.pipeline import cli
 
     out = tmp_path / "grid"
