@@ -156,6 +156,8 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     assert first["teacher_checkpoint"] == second["teacher_checkpoint"]  # one teacher per label budget
     assert "and each pre-trained row's transfer set and pre-training, so ± covers both" in tables
     assert "## Pre-training wall time (this machine; once per label budget and transfer size and seed)" in tables
+    assert "3 labels, transfer 8, seed 1234:" in tables and "3 labels, transfer 8, seed 1235:" in tables
+    assert "labels3_seed1235/augmented_8_labels3_seed1235." in tables  # each seed's own set is listed
     # --report_only rewrites the tables from the records, training nothing.
     (out / "tables.md").unlink()
     trained.clear()

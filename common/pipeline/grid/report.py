@@ -125,18 +125,22 @@ def diagnostic_lines(diagnostics: list[dict]) -> list[str]:
 
 
 def transfer_lines(grid: Grid) -> list[str]:
-    """What each transfer set is (source, size, a synthetic set's quality), from the pre-training records."""
+    """What each transfer set is (source, size, a synthetic set's quality), from the pre-training records: one
+    per label budget and transfer size, and per seed unless the grid shares its pre-training."""
     lines = []
+    suffixes = list(dict.fromkeys(grid.pretrain_suffix(seed) for seed in grid.seeds))
     for labels in grid.budgets:
         for transfer in grid.transfers:
-            for method in [m for m in grid.methods if m in PRETRAINED]:
-                overrides = stage_overrides(os.path.join(grid.out, "pretrain",
-                                                         f"{method}_labels{labels}_transfer{transfer}"))
-                if overrides.get("transfer_file"):
-                    folder = os.path.dirname(overrides["transfer_file"])
-                    report = transfer_report(grid.spec.transfer_source, folder)
-                    lines += [f"{labels} labels, transfer {transfer}:", *(f"- {line}" for line in report), ""]
-                    break
+            for suffix in suffixes:
+                for method in [m for m in grid.methods if m in PRETRAINED]:
+                    overrides = stage_overrides(os.path.join(grid.out, "pretrain",
+                                                             f"{method}_labels{labels}_transfer{transfer}{suffix}"))
+                    if overrides.get("transfer_file"):
+                        folder = os.path.dirname(overrides["transfer_file"])
+                        report = transfer_report(grid.spec.transfer_source, folder)
+                        seed = f", seed {suffix.removeprefix('_seed') or grid.spec.seed}" if len(suffixes) > 1 else ""
+                        lines += [f"{labels} labels, transfer {transfer}{seed}:", *(f"- {line}" for line in report), ""]
+                        break
     return ["## Transfer sets", "", *lines] if lines else []
 
 
