@@ -128,18 +128,17 @@ def transfer_lines(grid: Grid) -> list[str]:
     """What each transfer set is (source, size, a synthetic set's quality), from the pre-training records: one
     per label budget and transfer size, and per seed unless the grid shares its pre-training."""
     lines = []
-    suffixes = list(dict.fromkeys(grid.pretrain_suffix(seed) for seed in grid.seeds))
+    seeds = list(dict.fromkeys(grid.pretrain_seed(seed) for seed in grid.seeds))
     for labels in grid.budgets:
         for transfer in grid.transfers:
-            for suffix in suffixes:
+            for seed in seeds:
                 for method in [m for m in grid.methods if m in PRETRAINED]:
-                    overrides = stage_overrides(os.path.join(grid.out, "pretrain",
-                                                             f"{method}_labels{labels}_transfer{transfer}{suffix}"))
+                    tag = f"{method}_labels{labels}_transfer{transfer}{grid.pretrain_suffix(seed)}"
+                    overrides = stage_overrides(os.path.join(grid.out, "pretrain", tag))
                     if overrides.get("transfer_file"):
-                        folder = os.path.dirname(overrides["transfer_file"])
-                        report = transfer_report(grid.spec.transfer_source, folder)
-                        seed = f", seed {suffix.removeprefix('_seed') or grid.spec.seed}" if len(suffixes) > 1 else ""
-                        lines += [f"{labels} labels, transfer {transfer}{seed}:", *(f"- {line}" for line in report), ""]
+                        report = transfer_report(grid.spec.transfer_source, os.path.dirname(overrides["transfer_file"]))
+                        title = f"{labels} labels, transfer {transfer}" + (f", seed {seed}" if len(seeds) > 1 else "")
+                        lines += [f"{title}:", *(f"- {line}" for line in report), ""]
                         break
     return ["## Transfer sets", "", *lines] if lines else []
 
