@@ -268,11 +268,14 @@ def render(dataset: str, stage: str, ds: dict) -> dict[str, str]:
         "synth": " The exponential moving average is kept on every rank (they agree) and saved by rank 0.",
     }
     precision_default = {
-        "teacher": "fp32 by default (`amp` false): on the demo (all labels, one seed, 2026-12-03) bf16 autocast made "
-                   "the teacher's 150 steps 0.75x as long and its run scored 0.7648 test Dice against 0.8674 in fp32; "
-                   "that run's validation Dice stayed at 0 for its first 50 steps, as an fp32 run with 175 steps did "
-                   "too (0.7745), so one run each does not show what bf16 costs: it stays off until measured over "
-                   "seeds.",
+        "teacher": "Mixed precision by default (`amp` true) since 2026-12-05: on the 2-core CPU these bundles are "
+                   "developed on, a bf16 teacher step takes 0.76x an fp32 one, so the quick profile's teacher trains "
+                   "200 bf16 steps in the main job's 15 minutes, where 175 fp32 steps fitted. On the demo (3 seeds "
+                   "each) its test Dice went from 0.7923 +- 0.0429 to 0.8255 +- 0.0088 at 5 labels and from 0.8737 +- "
+                   "0.0138 to 0.8785 +- 0.0261 at all labels (higher in 4 of 6 runs, inside the noise); 225 bf16 "
+                   "steps, as long as the 175 fp32 ones but over the main job's 15 minutes, were higher in all 6 "
+                   "(0.8493 and 0.8890; `docs/results/teacher_bf16/` in the tskd repository). Not measured: the "
+                   "teacher under fp16 AMP on CUDA (`--amp false` keeps it in fp32 there).",
         "reference": "fp32 by default (`amp` false): on the demo grid (quick profile, 10 labels, 3 seeds, 2026-12-03) "
                      "the reference trained with bf16 autocast reached test Dice 0.7954 / 0.8014 / 0.7942 against "
                      "0.8174 / 0.8439 / 0.8546 in fp32, lower on every seed (at 5 labels bf16 was 0.011 higher, at all "

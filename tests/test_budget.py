@@ -249,11 +249,24 @@ def test_the_teacher_warms_up_over_half_a_short_run_and_the_students_over_a_tent
         parser.update({"steps": steps, "steps_per_epoch": 25})  # what the data loader would give at epoch_length 25
         return parser.get_parsed_content("lr_scheduler#warmup_steps"), parser.get_parsed_content("lr_scheduler#total_steps")
 
-    assert warmup("demo_teacher", 175) == (88, 175)  # the quick profile's teacher
+    assert warmup("demo_teacher", 200) == (100, 200)  # the quick profile's teacher
     assert warmup("drive_teacher", 175) == (88, 175)
     assert warmup("demo_teacher", 0) == (250, 4000)  # the paper's 160 epochs: the 250-step cap
     assert warmup("demo_student", 750) == (75, 750)
     assert warmup("demo_pretrain", 250) == (25, 250)
+
+
+def test_the_teacher_trains_in_bf16_and_the_reference_and_generator_in_fp32_by_default():
+    """Each stage's measured precision (docs/results/teacher_bf16, the README's mixed-precision notes): the quick
+    teacher's 200 steps are bf16 steps, and fp32 ones would not fit its 15 minutes; the reference stays fp32."""
+    def amp(bundle):
+        with open(os.path.join(ROOT, "bundles", bundle, "configs", "train.json")) as f:
+            return json.load(f)["amp"]
+
+    assert amp("demo_teacher") is True and amp("drive_teacher") is True
+    assert amp("demo_student") is True and amp("demo_pretrain") is True
+    assert amp("demo_reference") is False and amp("demo_synth") is False
+    assert pipeline_profiles.PROFILES["quick"]["teacher"]["steps"] == 200
 
 
 def test_a_given_teacher_is_checked_from_its_own_bundle_or_said_to_be_unchecked(tmp_path):
