@@ -28,8 +28,8 @@ STUDENT_STOP = {"steps": 750, "patience": 3, "patience_fraction": 0.5, "val_smoo
 MILD_AUGMENTATION = {"rotate": 0.05, "scale": 0.05, "shear": 0.0, "translate": 0.02}
 # The teacher's quick budget: as many steps as keep the main job (demo, all labels, 2 CPU cores) under 15 min.
 # bf16 steps (0.76x an fp32 one): 200 fit where 175 fp32 steps did (225 took the job to 15 min 32 s;
-# docs/results/main_job). They score higher than the 175 fp32 steps did (docs/results/teacher_bf16); the teacher
-# still ends at or near its cap.
+# docs/results/main_job). Over 3 seeds they scored above the 175 fp32 steps in mean, inside the noise (4 of 6 runs
+# higher; docs/results/teacher_bf16); the teacher still ends at or one validation before its cap.
 PROFILES = {
     "quick": {"teacher": {"steps": 200, "patience": 3}, "pretrain": {"images": 4000},
               "student": STUDENT_STOP, "epoch_length": 25, "transfer": 160,
