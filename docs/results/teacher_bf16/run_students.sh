@@ -2,7 +2,7 @@
 # instead of the grid's fp32 175-step one (0.8024); everything else the grid's (each seed its own transfer set and
 # pre-training, quick profile). A grid cell equals this run_pipeline run with the same teacher to the last digit.
 # bash docs/results/teacher_bf16/run_students.sh   (from the repository root; ~8 min a seed on 2 cores alone)
-# On 2026-12-05 only seed 1234 ran (beside the CI run; 1235 and 1236 were stopped for time). Compared with the grid:
+# Seed 1234 ran beside a CI run, 1235 and 1236 alone (2026-12-05). Compared with the grid:
 # PYTHONPATH=. python docs/results/kd_logit_weight/cmp.py GRID tskd 5 /work/runs/tb/student_l5_s > student_compare.txt
 # with GRID/cells holding ../demo_grid_perseed/cells/tskd_* and ../demo_grid_bf16/cells/dynunet_* (the grid's reference).
 set -e
