@@ -10,46 +10,27 @@ the time.
 """
 import json
 import os
-import statistics
-
-from scipy.stats import binomtest
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from paired_table import paired_rows, sign_test  # noqa: E402  (docs/results/paired_table.py)
+
 SETS = {"demo5": (5, "demo, 5 labels (+ 5 for validation)"), "demoall": (0, "demo, all 50 labels (+ 5 for validation)")}
 SEEDS = (1234, 1235, 1236)
 COLUMNS = ("bf16_steps_200", "bf16_steps_225")
 
 
-def sign_test(diffs: list) -> str:
-    wins = sum(d > 0 for d in diffs)
-    p = binomtest(wins, len(diffs)).pvalue  # two-sided exact sign test
-    return f"higher in {wins} of {len(diffs)} (set, seed) pairs, mean {statistics.mean(diffs):+.4f}, two-sided sign test p = {p:.3f}"
-
-
 def main() -> None:
-    fp32 = {(r["set"], r["seed"]): r for r in json.load(open(os.path.join(HERE, "..", "teacher_warmup", "results.json")))
-            if r["variant"] == "half"}
+    fp32 = {(r["set"], r["seed"]): {**r, "test_dice": r["test_mean_dice"]}
+            for r in json.load(open(os.path.join(HERE, "..", "teacher_warmup", "results.json"))) if r["variant"] == "half"}
     runs = [json.loads(line) for line in open(os.path.join(HERE, "results.jsonl"))]
     bf16 = {(r["variant"], r["labels"], r["seed"]): r for r in runs}
     lines = ["| set | seed | fp32, 175 steps | bf16, 200 steps (default) | bf16, 225 steps |", "|---|---|---|---|---|"]
     diffs = {c: [] for c in COLUMNS}
     for name, (labels, title) in SETS.items():
-        cols = {c: [] for c in ("fp32",) + COLUMNS}
-        for seed in SEEDS:
-            f = fp32[(name, seed)]
-            cols["fp32"].append(f["test_mean_dice"])
-            cells = [f"{f['test_mean_dice']:.4f} ({f['best_step']}/{f['steps']})"]
-            for c in COLUMNS:
-                g = bf16.get((c, labels, seed))
-                if g is None:
-                    cells.append("")
-                    continue
-                cols[c].append(g["test_dice"])
-                diffs[c].append(g["test_dice"] - f["test_mean_dice"])
-                cells.append(f"{g['test_dice']:.4f} ({g['best_step']}/{g['steps']}), {g['test_dice'] - f['test_mean_dice']:+.4f}")
-            lines.append(f"| {title} | {seed} | " + " | ".join(cells) + " |")
-        lines.append(f"| {title} | mean ± sd | " + " | ".join(
-            f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else "" for v in cols.values()) + " |")
+        lines += paired_rows(title, SEEDS, lambda seed: fp32[(name, seed)],
+                             {c: (lambda seed, c=c: bf16.get((c, labels, seed))) for c in COLUMNS}, diffs)
     text = ("# Teacher test Dice: fp32 with 175 steps against bf16 with 200 and 225\n\nWritten by `tables.py`. Each "
             "cell: test Dice (best validation step / steps trained), and its difference from fp32 with 175 steps at "
             "the same seed. The validation masks chose each checkpoint, so only the test Dice is unbiased.\n\n"

@@ -8,11 +8,12 @@ variants bf16_batch_dice and bf16_lr_2e-3), whose rows carry each run's validati
 """
 import json
 import os
-import statistics
-
-from scipy.stats import binomtest
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from paired_table import paired_rows, sign_test  # noqa: E402  (docs/results/paired_table.py)
+
 SETS = {5: "demo, 5 labels (+ 5 for validation)", 0: "demo, all 50 labels (+ 5 for validation)"}
 SEEDS = (1234, 1235, 1236)
 DEFAULT = "bf16_steps_200"
@@ -44,29 +45,12 @@ def main() -> None:
     lines = [head, "|" + "---|" * (3 + len(names))]
     diffs = {n: [] for n in names}
     for labels, title in SETS.items():
-        cols = {n: [] for n in [DEFAULT, *names]}
-        for seed in SEEDS:
-            base = runs[(DEFAULT, labels, seed)]
-            cells = [f"{base['test_dice']:.4f} ({base['best_step']}/{base['steps']})"]
-            cols[DEFAULT].append(base["test_dice"])
-            for n in names:
-                r = runs.get((n, labels, seed))
-                if r is None:
-                    cells.append("-")
-                    continue
-                cols[n].append(r["test_dice"])
-                diffs[n].append(r["test_dice"] - base["test_dice"])
-                cells.append(f"{r['test_dice']:.4f} ({r['best_step']}/{r['steps']}), {diffs[n][-1]:+.4f}; "
-                             f"below {SITTING} at {sitting_steps(r)}")
-            lines.append(f"| {title} | {seed} | " + " | ".join(cells) + " |")
-        lines.append(f"| {title} | mean ± sd | " + " | ".join(
-            f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else "-" for v in cols.values()) + " |")
+        lines += paired_rows(title, SEEDS, lambda seed: runs[(DEFAULT, labels, seed)],
+                             {n: (lambda seed, n=n: runs.get((n, labels, seed))) for n in names}, diffs,
+                             note=lambda n, r: f"; below {SITTING} at {sitting_steps(r)}")
     notes = []
     for n in names:
-        d = diffs[n]
-        wins = sum(x > 0 for x in d)
-        notes.append(f"- {CANDIDATES[n]} ({n}) against the default: higher in {wins} of {len(d)} (set, seed) pairs, "
-                     f"mean {statistics.mean(d):+.4f}, two-sided sign test p = {binomtest(wins, len(d)).pvalue:.3f}.")
+        notes.append(f"- {CANDIDATES[n]} ({n}) against the default: {sign_test(diffs[n])}.")
         done = [runs[(n, labels, seed)] for labels in SETS for seed in SEEDS if (n, labels, seed) in runs]
         curves = [r for r in done if r.get("val_history")]
         sat = sum(sitting_steps(r) != "none" for r in curves)
