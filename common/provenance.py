@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import socket
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 from common.errors import TskdError, disk_full_error, is_write_failure
 
 __all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "hidden_lock", "file_sha256", "module_digest",
-           "read_json", "save_torch", "tensor_bytes", "write_json", "check_writable"]
+           "machine", "read_json", "save_torch", "tensor_bytes", "write_json", "check_writable"]
 
 
 def content_key(inputs: Any) -> str:
@@ -55,6 +56,31 @@ def module_digest(module) -> str:
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor_bytes(tensor))
     return h.hexdigest()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> str:
+    """What a result was computed on, in one line: the CPU model, torch's thread count, the torch version and,
+    where CUDA is available, the GPU. Training the same seed on another CPU or with another thread count does
+    not give the same weights bit for bit (other kernels, other rounding, and a short training run amplifies
+    the difference), so every record that compares runs keeps this beside its numbers."""
+    import torch
+
+    line = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        line += f", {torch.cuda.get_device_name()}"
+    return line
 
 
 def read_json(path: str) -> dict:

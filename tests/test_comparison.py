@@ -138,7 +138,11 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
                                                       ("tskd", "1234"), ("tskd", "1235")}
     assert all(r["status"] == "done" for r in rows)
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
+    from common.provenance import machine
+
+    assert {r["machine"] for r in rows} == {machine()}  # each cell says where it ran
     tables = (out / "tables.md").read_text()
+    assert f"Every cell ran on: {machine()}." in tables
     for fragment in ("### 3 labels (+ 2 for validation), transfer set of 8 images", "too small for any p < 0.05",
                      "| TS-KD | 2 |", "| DynUNet, nnU-Net 2D recipe | 2 |",
                      "TS-KD vs DynUNet", "Wilcoxon", "Holm-adjusted", "## Teacher checks", "## Pre-training wall time", "GFLOP",
@@ -174,20 +178,28 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
         cli.grid_main([*argv, "--report_only"])
     assert "--shared_pretraining True there, False now" in str(refused.value.code)
     (out / "grid.json").write_text(json.dumps(settings))
-    # A record whose weights this machine lacks (copied from another) is left out of qualitative.png, saying so.
+    # A record whose weights this machine lacks (copied from another) is left out of qualitative.png, saying so;
+    # the tables name both machines.
     os.remove(out / "reference" / "labels3_seed1234" / "models" / "model.pt")
+    copied = json.loads((out / "cells" / "dynunet_labels3_seed1234.json").read_text())
+    copied["row"]["machine"] = "AMD EPYC 9B14, 2 threads, torch 2.14.1"
+    (out / "cells" / "dynunet_labels3_seed1234.json").write_text(json.dumps(copied))
     (out / "qualitative.png").unlink()
     capfd.readouterr()
     cli.grid_main([*argv, "--tracking", "none"])
     printed = capfd.readouterr().out
     assert "qualitative.png: no column for DynUNet, nnU-Net 2D recipe" in printed and "rerun that cell" in printed
     assert (out / "qualitative.png").stat().st_size > 5000
+    tables = (out / "tables.md").read_text()
+    assert "The cells ran on more than one machine" in tables
+    assert f"{machine()} (4 cells); AMD EPYC 9B14, 2 threads, torch 2.14.1 (1 cell)." in tables
     import mlflow
 
     mlflow.set_tracking_uri("sqlite:///" + str(out / "mlruns.db"))
     runs = mlflow.search_runs(experiment_names=["tskd-grid-demo"])
     assert len(runs) >= 5 and {"tskd", "dynunet", "teacher"} <= set(runs["tags.method"])
     assert "metrics.mean_dice" in runs.columns and "metrics.dice_grey_matter" in runs.columns
+    assert machine() in set(runs["tags.machine"])
 
 
 SMALL_GRID = ["--profile", "smoke", "--image_size", "64", "--methods", "scratch,tskd", "--labels", "3", "--seeds", "2",

@@ -87,6 +87,11 @@ def test_the_paper_profile_runs_end_to_end_writes_metrics_and_skips_done_stages(
     datalist = os.path.join(demo_small, "datalist.json")
     n_train, n_val = len(load_datalist(datalist, "training")), len(load_datalist(datalist, "validation"))
     assert f"Masks used: {n_train} labels (+ {n_val} for validation)." in summary
+    # Where it ran, and where each stage was trained (the same seed elsewhere gives other numbers).
+    from common.provenance import cpu_name, machine
+
+    assert f"Ran on: {machine()} (each stage's done.json" in summary and cpu_name() in machine()
+    assert json.load(open(out / "student_tskd" / "done.json"))["machine"] == machine()
     assert "=== teacher check before distilling:" in first and "Teacher: best validation Dice" in summary
     assert "checkpoint was chosen on these validation images, so the figure is optimistic" in summary
     # Same inputs: every training stage is skipped (test_comparison's grid reuses shared stages across methods).

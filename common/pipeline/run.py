@@ -20,7 +20,7 @@ from common.engines.metrics import format_report
 from common.pipeline.config import RunConfig
 from common.pipeline.report import no_teacher_record, teacher_check, teacher_record_root, transfer_report
 from common.pipeline.stages import evaluate_bundle, infer_bundle, student_stages, teacher_stage
-from common.provenance import FolderLock, write_json
+from common.provenance import FolderLock, machine, write_json
 
 __all__ = ["run_pipeline"]
 
@@ -69,7 +69,8 @@ def summary_lines(config: RunConfig, data_dir: str, transfer: str, teacher_recor
                   reports: dict) -> list[str]:
     """``summary.md``: what was used, the transfer set, the teacher check and the test metrics."""
     lines = [f"# tskd on {config.dataset} ({config.profile} profile, student: {config.method}, seed {config.seed})", "",
-             f"Masks used: {config.label_count(data_dir)}.", ""]
+             f"Masks used: {config.label_count(data_dir)}.", "",
+             f"Ran on: {machine()} (each stage's done.json names the machine that trained it).", ""]
     if not validation_items(os.path.join(data_dir, "datalist.json"), config.val_labels):
         lines += ["No validation images: every stage kept its last epoch's weights (no model selection, no early "
                   "stopping).", ""]

@@ -15,7 +15,7 @@ from common.pipeline.bundles import bundle_folder, run_bundle
 from common.pipeline.config import RunConfig
 from common.pipeline.profiles import HEAD_PRETRAINED, SELF_SUPERVISED, describe_budget, pretrain_recipe, stage_budget
 from common.pipeline.report import transfer_report
-from common.provenance import Artifact, content_key, file_sha256, read_json
+from common.provenance import Artifact, content_key, file_sha256, machine, read_json
 
 __all__ = ["train_bundle", "evaluate_bundle", "infer_bundle", "stage_overrides", "stage_seconds", "teacher_stage",
            "transfer_stage", "student_stages", "reference_stage"]
@@ -53,7 +53,7 @@ def train_bundle(dataset: str, stage: str, root: str, overrides: dict, upstream:
         start = time.time()
         run_bundle(dataset, stage, ("train", config) if config else ("train",), root, {**overrides, "resume": resume},
                    isolate=isolate)
-        artifact.finish(overrides=overrides, seconds=round(time.time() - start))
+        artifact.finish(overrides=overrides, seconds=round(time.time() - start), machine=machine())
         return artifact.output_key()
 
 

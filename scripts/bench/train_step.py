@@ -10,7 +10,9 @@ step of the same pyramid:
   - ``channels_last``: model and batch in NHWC memory format;
   - ``bf16``: ``torch.autocast("cpu", torch.bfloat16)`` around forward and loss;
   - ``compile``: ``torch.compile`` of the model (the compile time is reported apart, not in the median);
-  - ``batch x2``: twice the batch (compare per image: more steps for the same time only if it is lower).
+  - ``batch x2``: twice the batch (compare per image: more steps for the same time only if it is lower);
+  - variants joined by ``+`` combine, e.g. ``bf16+channels_last`` or ``bf16+compile`` (bf16 is the students'
+    default since 2026-12-03, so these are what the others would add on top of it).
 Also the DynUNet reference's fp32 step, for scale. ``--networks`` may name ``teacher`` (the demo's LiteMedSAM
 with LoRA rank 4, untrained weights: the cost is the architecture's, at the teacher bundle's batch of
 ``--teacher_batch``) and ``reference`` to measure their variants too. The teacher has variants of its own
@@ -48,14 +50,15 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
     else:
         model = build_vit_fpn(image_size=size, in_channels=1, num_classes=3, fpn=network)
     model.train()
-    batch = batch * 2 if variant == "batch x2" else batch
+    parts = set(variant.split("+"))
+    batch = batch * 2 if "batch x2" in parts else batch
     if variant.startswith("cache"):
         batch = 8  # TeacherCache's batch
     if "encoder batch" in variant:
         model.encoder_chunk = batch
     x = torch.rand(batch, 1, size, size)
     y = torch.randint(0, 3, (batch, 1, size, size)).float()
-    if variant == "channels_last":
+    if "channels_last" in parts:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.2, lambda_dice=0.8)
@@ -66,11 +69,13 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     forward = model
     compile_seconds = None
-    if variant == "compile":
+    if "compile" in parts:
         start = time.perf_counter()
         forward = torch.compile(model)
         optimizer.zero_grad()
-        loss_fn(forward(x), y).backward()  # the compilation happens here
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in parts):  # as the steps will run it
+            out = forward(x)
+        loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y).backward()
         compile_seconds = time.perf_counter() - start
 
     def step():
@@ -79,7 +84,7 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
                 model.eval().forward_all(x)
             return
         optimizer.zero_grad(set_to_none=True)
-        if variant == "bf16":
+        if "bf16" in parts:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = forward(x)
             loss = loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y)

@@ -16,7 +16,7 @@ from common.pipeline.grid.spec import GridSpec, cell_id, check_grid_settings, la
 from common.pipeline.profiles import PRETRAINED, PROFILES
 from common.pipeline.stages import (evaluate_bundle, infer_bundle, reference_stage, stage_seconds, student_stages,
                                     teacher_stage)
-from common.provenance import check_writable
+from common.provenance import check_writable, machine
 
 __all__ = ["Grid", "Cell"]
 
@@ -126,8 +126,9 @@ class Grid:
 
     def work(self, cell: Cell) -> tuple[dict, dict, list[str]]:
         """Train (or reuse) what ``cell`` needs and evaluate it: ``(report, extra row fields, artefacts)``."""
-        return {"teacher": self._teacher_work, "reference": self._reference_work,
-                "student": self._student_work}[cell.kind](cell)
+        report, extra, artefacts = {"teacher": self._teacher_work, "reference": self._reference_work,
+                                    "student": self._student_work}[cell.kind](cell)
+        return report, {**extra, "machine": machine()}, artefacts  # where it ran: a worker's own CPU and threads
 
     def _teacher_work(self, cell: Cell):
         ckpt, _, root = self.teacher(cell.labels)

@@ -80,7 +80,8 @@ class CellRecords:
         mlflow = self.tracking
         keys = ("method", "labels", "transfer", "seed", "transfer_source")
         with mlflow.start_run(run_name=name):
-            mlflow.set_tags({k: str(row[k]) for k in keys})
+            machine = {"machine": row["machine"]} if row.get("machine") else {}
+            mlflow.set_tags({**{k: str(row[k]) for k in keys}, **machine})
             mlflow.log_params({**self.params, **{k: row[k] for k in keys}})
             metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                        and k not in ("seed", "labels_n", "transfer") and not math.isnan(float(v))}

@@ -4,6 +4,7 @@ teacher checks and diagnostics, the transfer sets, pre-training times and infere
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from common.comparison import (METHOD_NAMES, REFERENCE, TEACHER, compare_methods, image_scores, plot_dice_vs_labels,
                                plot_dice_vs_transfer, read_results, write_results, write_tables)
@@ -65,11 +66,26 @@ def header_lines(grid: Grid, rows: list[dict]) -> list[str]:
              "row by a Wilcoxon signed-rank test on per-image mean Dice (a class absent from both prediction and "
              f"ground truth counts as agreement), each method's seeds averaged per image, so n is at most "
              f"{n_test} test images; the p-values of one table are Holm-adjusted together."]
+    lines += ["", machine_line(rows)]
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "Cells not in the tables:"] + [f"- {r['method']}, {r['labels']} labels, seed {r['seed']}: "
                                                     f"{r['status']} ({r['error']})" for r in failed]
     return lines
+
+
+def machine_line(rows: list[dict]) -> str:
+    """Which machines made the finished cells (recorded since 2026-12-06): one, or each with its count, since the
+    same seed on another CPU or thread count does not give the same numbers."""
+    counts = Counter(r.get("machine") or "not recorded" for r in rows if r["status"] == "done")
+    if len(counts) == 1:
+        (name, _), = counts.items()
+        return (f"Every cell ran on: {name}." if name != "not recorded" else
+                "The cells' machine is not recorded (records written before tskd recorded it).")
+    return ("The cells ran on more than one machine; the same seed on another CPU or thread count gives other "
+            "numbers (other kernels and rounding, amplified by training), so differences between these machines' "
+            "cells mix the machine's effect in: " + "; ".join(f"{name} ({n} cell{'s' * (n > 1)})" for name, n in counts.most_common())
+            + ".")
 
 
 def write_report(grid: Grid, diagnostics: list[dict] | None = None) -> None:
