@@ -77,7 +77,8 @@ def machine() -> str:
     the difference), so every record that compares runs keeps this beside its numbers."""
     import torch
 
-    line = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    line = f"{cpu_name()}, {threads} thread{'s' * (threads != 1)}, torch {torch.__version__}"
     if torch.cuda.is_available():
         line += f", {torch.cuda.get_device_name()}"
     return line

@@ -208,9 +208,11 @@ SMALL_GRID = ["--profile", "smoke", "--image_size", "64", "--methods", "scratch,
 
 
 def _cells(out) -> dict:
-    """Each row of a grid's results.csv without its timings (they differ run to run)."""
+    """Each row of a grid's results.csv without its timings (they differ run to run) and machine (a parallel grid
+    trains its teachers in the main process, with all its threads)."""
     with open(out / "results.csv") as f:
-        return {(r["method"], r["seed"]): {k: v for k, v in r.items() if "seconds" not in k and k != "root"}
+        return {(r["method"], r["seed"]): {k: v for k, v in r.items()
+                                           if "seconds" not in k and k not in ("root", "machine")}
                 for r in csv.DictReader(f)}
 
 
@@ -273,6 +275,11 @@ def test_a_grid_on_two_worker_processes_builds_each_shared_stage_once(demo_small
                                                             for s in ("1234", "1235")])
     assert all(r["status"] == "done" and 0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows.values())
     assert_same_results(rows, one_worker)
+    with open(out / "results.csv") as f:  # a worker's cell names the worker's threads, the teacher this process's
+        machines = {r["method"]: r["machine"] for r in csv.DictReader(f)}
+    from common.provenance import machine
+
+    assert ", 1 thread, torch " in machines["tskd"] and machines["teacher"] == machine()
 
 
 def test_a_grid_on_ray_in_local_mode_writes_the_results_of_one_worker(demo_small, tmp_path, one_worker):
