@@ -23,8 +23,8 @@ from typing import Any
 
 from common.errors import TskdError, disk_full_error, is_write_failure
 
-__all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "hidden_lock", "file_sha256", "module_digest",
-           "machine", "read_json", "save_torch", "tensor_bytes", "write_json", "check_writable"]
+__all__ = ["Artifact", "FolderLock", "LockedError", "content_key", "cpu_name", "hidden_lock", "file_sha256",
+           "module_digest", "machine", "read_json", "save_torch", "tensor_bytes", "write_json", "check_writable"]
 
 
 def content_key(inputs: Any) -> str:

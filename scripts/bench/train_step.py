@@ -68,14 +68,19 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
         loss_fn = DeepSupervised(loss_fn)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     forward = model
+
+    def loss():
+        """Forward and loss as the variant runs them: bf16 autocast around the forward, the loss in fp32."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in parts):
+            out = forward(x)
+        return loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y)
+
     compile_seconds = None
     if "compile" in parts:
         start = time.perf_counter()
         forward = torch.compile(model)
         optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in parts):  # as the steps will run it
-            out = forward(x)
-        loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y).backward()
+        loss().backward()  # the compilation happens here, under the steps' precision
         compile_seconds = time.perf_counter() - start
 
     def step():
@@ -84,13 +89,7 @@ def _step_times(network: str, variant: str, size: int, batch: int, steps: int, w
                 model.eval().forward_all(x)
             return
         optimizer.zero_grad(set_to_none=True)
-        if "bf16" in parts:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = forward(x)
-            loss = loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y)
-        else:
-            loss = loss_fn(forward(x), y)
-        loss.backward()
+        loss().backward()
         optimizer.step()
 
     times = []

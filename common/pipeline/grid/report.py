@@ -84,8 +84,8 @@ def machine_line(rows: list[dict]) -> str:
                 "The cells' machine is not recorded (records written before tskd recorded it).")
     return ("The cells ran on more than one machine; the same seed on another CPU or thread count gives other "
             "numbers (other kernels and rounding, amplified by training), so differences between these machines' "
-            "cells mix the machine's effect in: " + "; ".join(f"{name} ({n} cell{'s' * (n > 1)})" for name, n in counts.most_common())
-            + ".")
+            "cells mix the machine's effect in: "
+            + "; ".join(f"{name} ({n} cell{'s' * (n > 1)})" for name, n in counts.most_common()) + ".")
 
 
 def write_report(grid: Grid, diagnostics: list[dict] | None = None) -> None:
