@@ -28,7 +28,7 @@ TEACHER, REFERENCE = "teacher", "dynunet"
 METHOD_NAMES = {"scratch": "scratch", "imagenet_mae": "ImageNet-MAE init", "mae": "MAE", "mocov3": "MoCo v3",
                 "takd": "TA-KD", "tskd": "TS-KD", TEACHER: "teacher (SAM-LoRA)", REFERENCE: "DynUNet, nnU-Net 2D recipe"}
 COLUMNS = ["method", "labels", "labels_n", "transfer", "transfer_source", "seed", "status", "mean_dice", "mean_hd95",
-           "mean_iou", "hd95_unit", "pretrain_seconds", "train_seconds", "seconds", "machine", "error"]
+           "mean_iou", "hd95_unit", "pretrain_seconds", "train_seconds", "seconds", "machine", "teacher_sha256", "error"]
 
 
 def _label_order(value: str) -> float:

@@ -200,6 +200,44 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     assert len(runs) >= 5 and {"tskd", "dynunet", "teacher"} <= set(runs["tags.method"])
     assert "metrics.mean_dice" in runs.columns and "metrics.dice_grey_matter" in runs.columns
     assert machine() in set(runs["tags.machine"])
+    # Each record of the teacher and of a TS-KD cell names the teacher weights it learnt from.
+    with open(out / "results.csv") as f:
+        rows = {(r["method"], r["seed"]): r for r in csv.DictReader(f)}
+    here = rows[("teacher", "1234")]["teacher_sha256"]
+    assert len(here) == 64 and {rows[("tskd", s)]["teacher_sha256"] for s in ("1234", "1235")} == {here}
+    assert rows[("dynunet", "1234")]["teacher_sha256"] == ""
+    assert f"its weights: sha256 {here[:12]}…" in tables
+    # Records from a grid whose teacher had other weights (another machine retrained it) are set aside and rerun
+    # with this teacher, with a record that names none (written before records did) going with its teacher's.
+    def edit(name, change):
+        path = out / "cells" / f"{name}.json"
+        record = json.loads(path.read_text())
+        change(record["row"])
+        path.write_text(json.dumps(record))
+
+    for name in ("teacher_labels3", "tskd_labels3_transfer8_seed1234"):
+        edit(name, lambda row: row.update(teacher_sha256="0" * 64))
+    edit("tskd_labels3_transfer8_seed1235", lambda row: row.pop("teacher_sha256"))
+    capfd.readouterr()
+    cli.grid_main([*argv, "--tracking", "none"])
+    printed = capfd.readouterr().out
+    assert f"the teacher's weights here (sha256 {here[:12]}…" in printed
+    assert "are not those these records learnt from (000000000000 on " in printed
+    assert sorted(os.listdir(out / "cells" / "stale")) == ["teacher_labels3.json", "tskd_labels3_transfer8_seed1234.json",
+                                                           "tskd_labels3_transfer8_seed1235.json"]
+    assert "--- dynunet_labels3_seed1235: done before, skipping" in printed
+    with open(out / "results.csv") as f:
+        rows = {(r["method"], r["seed"]): r for r in csv.DictReader(f)}
+    assert {rows[k]["teacher_sha256"] for k in [("teacher", "1234"), ("tskd", "1234"), ("tskd", "1235")]} == {here}
+    assert all(r["status"] == "done" for r in rows.values()) and len(rows) == 5
+    # Records that name no teacher at all are kept, saying so.
+    for name in ("teacher_labels3", "tskd_labels3_transfer8_seed1234"):
+        edit(name, lambda row: row.pop("teacher_sha256"))
+    capfd.readouterr()
+    cli.grid_main([*argv, "--tracking", "none"])
+    printed = capfd.readouterr().out
+    assert "3 labels: the records teacher_labels3, tskd_labels3_transfer8_seed1234 do not name the teacher" in printed
+    assert "not those these records learnt from" not in printed and len(os.listdir(out / "cells" / "stale")) == 3
 
 
 SMALL_GRID = ["--profile", "smoke", "--image_size", "64", "--methods", "scratch,tskd", "--labels", "3", "--seeds", "2",
@@ -208,11 +246,11 @@ SMALL_GRID = ["--profile", "smoke", "--image_size", "64", "--methods", "scratch,
 
 
 def _cells(out) -> dict:
-    """Each row of a grid's results.csv without its timings (they differ run to run) and machine (a parallel grid
-    trains its teachers in the main process, with all its threads)."""
+    """Each row of a grid's results.csv without its timings (they differ run to run), machine and teacher weights
+    (a parallel grid trains its teachers in the main process, with all its threads)."""
     with open(out / "results.csv") as f:
         return {(r["method"], r["seed"]): {k: v for k, v in r.items()
-                                           if "seconds" not in k and k not in ("root", "machine")}
+                                           if "seconds" not in k and k not in ("root", "machine", "teacher_sha256")}
                 for r in csv.DictReader(f)}
 
 

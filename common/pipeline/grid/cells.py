@@ -16,9 +16,11 @@ from common.pipeline.grid.spec import GridSpec, cell_id, check_grid_settings, la
 from common.pipeline.profiles import PRETRAINED, PROFILES
 from common.pipeline.stages import (evaluate_bundle, infer_bundle, reference_stage, stage_seconds, student_stages,
                                     teacher_stage)
-from common.provenance import check_writable, machine
+from common.provenance import check_writable, file_sha256, machine
 
-__all__ = ["Grid", "Cell"]
+__all__ = ["Grid", "Cell", "TAUGHT"]
+
+TAUGHT = ("tskd", "takd")  # the student methods that learn from their label budget's teacher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Grid:
                                    {"profile": spec.profile, "dataset": spec.dataset, "fpn": spec.fpn,
                                     "teacher": spec.teacher})
         self.teachers: dict[str, tuple[str, str, str]] = {}
+        self.teacher_digests: dict[str, str] = {}
 
     # --- shared stages ---------------------------------------------------------------------------------------
     def teacher(self, labels: str, lora_rank: int | None = None) -> tuple[str, str, str]:
@@ -82,6 +85,47 @@ class Grid:
                                         isolate=self.spec.isolate_stages)
             self.teachers[key] = (ckpt, stamp, root)
         return self.teachers[key]
+
+    def teacher_sha256(self, labels: str) -> str:
+        """The sha256 of the weights of ``labels``' teacher (trained first if this machine lacks them)."""
+        if labels not in self.teacher_digests:
+            self.teacher_digests[labels] = file_sha256(self.teacher(labels)[0])
+        return self.teacher_digests[labels]
+
+    def set_aside_stale_records(self, cells: list[Cell]) -> None:
+        """Records of the teacher and the TS-KD / TA-KD cells of a label budget name the teacher weights they
+        learnt from (``teacher_sha256``; a record without one, from before 2026-12-06, is taken to have learnt from
+        the teacher its budget's teacher record names). When the teacher this grid now has differs (its folder
+        was lost and it was retrained on another machine or with other packages), those records would mix two
+        teachers in one table: they are moved to ``cells/stale/`` and their cells run again. The teacher is
+        trained for the check only where a cell of its budget still needs it or its folder is here."""
+        for labels in self.budgets:
+            taught = [c for c in cells if c.labels == labels and (c.kind == "teacher" or c.method in TAUGHT)]
+            done = {c.name: row for c in taught
+                    if (row := self.records.get(c.name).get("row", {})).get("status") == "done"}
+            root = os.path.join(self.out, "teacher", f"labels{labels}")
+            if not done or (len(done) == len(taught) and not os.path.isfile(os.path.join(root, "done.json"))):
+                continue  # nothing recorded to check, or every record is in and no weights here to check them by
+            named = done.get(f"teacher_labels{labels}", {}).get("teacher_sha256", "")
+            unknown = [name for name, row in done.items() if not (row.get("teacher_sha256") or named)]
+            if unknown:
+                print(f"!!! {labels} labels: the records {', '.join(unknown)} do not name the teacher weights they "
+                      "learnt from (written before 2026-12-06); kept as they are. Move them out of "
+                      f"{self.records.folder} to run them again with this grid's teacher.", flush=True)
+            current = self.teacher_sha256(labels)
+            stale = {name: row for name, row in done.items()
+                     if name not in unknown and (row.get("teacher_sha256") or named) != current}
+            if stale:
+                before = sorted({(row.get("teacher_sha256") or named)[:12] + (f" on {row['machine']}"
+                                                                              if row.get("machine") else "")
+                                 for row in stale.values()})
+                print(f"!!! {labels} labels: the teacher's weights here (sha256 {current[:12]}…, "
+                      f"{os.path.join(root, 'models')}) are not those these records learnt from ({'; '.join(before)}), "
+                      "most likely because it was retrained on another machine or with other packages. Running "
+                      f"them again with this teacher; the old records are kept in {self.records.folder}/stale: "
+                      + ", ".join(sorted(stale)), flush=True)
+                for name in stale:
+                    self.records.set_aside(name)
 
     def teacher_overrides(self, labels: str, ckpt: str, lora_rank: int | None = None) -> dict:
         """What evaluates and infers with the teacher of a label budget."""
@@ -133,7 +177,8 @@ class Grid:
     def _teacher_work(self, cell: Cell):
         ckpt, _, root = self.teacher(cell.labels)
         report = self.evaluate("teacher", root, self.teacher_overrides(cell.labels, ckpt))
-        return report, {"root": root}, [os.path.join(root, "eval", "metrics.json")]
+        return (report, {"root": root, "teacher_sha256": self.teacher_sha256(cell.labels)},
+                [os.path.join(root, "eval", "metrics.json")])
 
     def pretrain_seed(self, seed: int) -> int:
         """The seed of the transfer set and pre-training a cell of ``seed`` learns from: its own, or with
@@ -149,7 +194,7 @@ class Grid:
     def _student_work(self, cell: Cell):
         method, labels, transfer, seed = cell.method, cell.labels, cell.transfer, cell.seed
         config = self.spec.cell_config(method, labels, transfer, seed=self.pretrain_seed(seed)).checked()
-        teacher = self.teacher(labels)[:2] if method in ("tskd", "takd") else ("", "")
+        teacher = self.teacher(labels)[:2] if method in TAUGHT else ("", "")
         tag = f"{method}_labels{labels}" + (f"_transfer{transfer}" if transfer else "")
         student_root = os.path.join(self.out, "students", f"{tag}_seed{seed}")
         suffix = self.pretrain_suffix(seed)
@@ -158,7 +203,7 @@ class Grid:
                                 student_seed=seed, isolate=self.spec.isolate_stages)
         report = self.evaluate("student", student_root, result["overrides"])
         extra = {"pretrain_seconds": result["pretrain_seconds"], "train_seconds": stage_seconds(student_root),
-                 "root": student_root}
+                 "root": student_root, **({"teacher_sha256": self.teacher_sha256(labels)} if method in TAUGHT else {})}
         return report, extra, [os.path.join(student_root, "eval", "metrics.json")]
 
     def _reference_work(self, cell: Cell):
@@ -179,6 +224,7 @@ class Grid:
         from common.pipeline.grid.diagnostics import teacher_diagnostics
 
         diagnostics = teacher_diagnostics(self)
+        self.set_aside_stale_records(self.plan())
         if self.spec.workers > 1 or self.spec.executor == "ray":
             from common.pipeline.grid.parallel import run_parallel
 

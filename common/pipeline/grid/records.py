@@ -36,6 +36,17 @@ class CellRecords:
     def save(self, name: str, record: dict) -> None:
         write_json(self.path(name), record)  # a crash never leaves half a record
 
+    def set_aside(self, name: str) -> str:
+        """Move a record out of the grid (to ``cells/stale/``, kept, never overwritten) so its cell runs again."""
+        folder = os.path.join(self.folder, "stale")
+        os.makedirs(folder, exist_ok=True)
+        target, n = os.path.join(folder, f"{name}.json"), 1
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(folder, f"{name}.{n}.json")
+        os.replace(self.path(name), target)
+        return target
+
     def all(self) -> list[dict]:
         return [read_json(os.path.join(self.folder, f)) for f in sorted(os.listdir(self.folder)) if f.endswith(".json")]
 

@@ -116,6 +116,9 @@ def teacher_lines(grid: Grid) -> list[str]:
                                                                   grid.transfers[0], grid.spec.seed))
                     for m in ("scratch", "tskd") if m in grid.methods}
         check = teacher_check(teacher_root, students)
+        digest = grid.records.get(f"teacher_labels{labels}").get("row", {}).get("teacher_sha256")
+        if digest:  # what every TS-KD / TA-KD record of this budget names too (the grid reruns those that differ)
+            check = [*check, f"its weights: sha256 {digest[:12]}… (`teacher_sha256` in results.csv)"]
         lines += [f"{labels} labels:", *(f"- {line}" for line in check or ["no record"]), ""]
     return lines
 
