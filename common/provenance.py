@@ -58,16 +58,26 @@ def module_digest(module) -> str:
     return h.hexdigest()
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and, where ``/proc/cpuinfo`` gives them (x86 Linux), its family and model numbers, else
+    what ``platform`` knows. One model name can cover several CPU generations ("AMD EPYC" did on the machines this
+    project ran on), whose kernels round differently, so the numbers are part of a result's machine."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return " ".join(line.split(":", 1)[1].split())
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), " ".join(value.split()))
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def machine() -> str:
@@ -109,7 +119,11 @@ def save_torch(obj: Any, path: str) -> str:
 
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        torch.save(obj, tmp)
+        # Through a file object, so the archive's inner folder is "archive", not the temporary file's name (which
+        # holds the process id): the same weights then make the same bytes, and done.json's sha256 of them (the
+        # grid's `teacher_sha256`) names the weights, not the process that wrote them.
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         with contextlib.suppress(OSError):

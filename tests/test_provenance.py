@@ -166,3 +166,34 @@ def test_a_stage_trains_again_when_its_bundle_recipe_changes(demo_small, tmp_pat
     json.dump(recipe, open(configs / "train.json", "w"))
     assert stages.train_bundle("demo", "student", root, overrides) != first
     assert "already trained" not in capfd.readouterr().out
+
+
+def test_the_cpu_is_named_with_its_family_and_model_where_cpuinfo_gives_them(tmp_path):
+    """Two CPU generations can share a model name ("AMD EPYC"); their results differ, so the numbers go with it."""
+    from common.provenance import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: AMD  EPYC\n\nprocessor\t: 1\ncpu family\t: 25\nmodel name\t: other\n")
+    assert cpu_name(str(info)) == "AMD EPYC (family 26, model 2)"  # the first processor's block only
+    info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")
+    assert cpu_name(str(info)) == "Some ARM core"
+    assert cpu_name(str(tmp_path / "absent")) not in ("", "AMD EPYC (family 26, model 2)")
+
+
+def test_the_same_weights_saved_twice_make_the_same_file_digest(tmp_path):
+    """done.json's sha256 of a model (the grid's `teacher_sha256`) must name the weights: two saves of equal
+    weights, by two processes, give the same bytes (torch.save to a path names its inner folder after the path's
+    temporary name, which holds the process id)."""
+    import torch
+
+    from common.provenance import file_sha256, save_torch
+
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    code = ("import sys, torch; from common.provenance import save_torch; "
+            "save_torch({'w': torch.arange(6.0).reshape(2, 3)}, sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.pt")], check=True, cwd=ROOT)
+    save_torch(weights, str(tmp_path / "a.pt"))
+    assert file_sha256(str(tmp_path / "a.pt")) == file_sha256(str(tmp_path / "b.pt"))
+    save_torch({"w": weights["w"] + 1}, str(tmp_path / "c.pt"))
+    assert file_sha256(str(tmp_path / "c.pt")) != file_sha256(str(tmp_path / "a.pt"))
