@@ -71,6 +71,10 @@ def test_the_summary_says_loudly_when_the_teacher_is_weaker_than_a_student(tmp_p
     assert "WARNING: the teacher is weak (validation Dice 0.2700 < 0.5)" in text
     assert "WARNING: the teacher (validation Dice 0.2700) is weaker than the scratch student (0.8400)" in text
     assert "weaker than the tskd student" not in text  # the TS-KD student is below the teacher here
+    # Equal to the four digits shown (0.94658339 against 0.94658411, a real pair): not called weaker.
+    equal = pipeline_report.teacher_check(_record(tmp_path / "equal", 0.94658339),
+                                          {"tskd": _record(tmp_path / "tskd_equal", 0.94658411)})
+    assert not any("is weaker than" in line for line in equal)
     strong = pipeline_report.teacher_check(_record(tmp_path / "good", 0.9), {"scratch": str(tmp_path / "scratch")})
     assert not any("WARNING" in line for line in strong) and len(strong) == 2
     assert pipeline_report.teacher_check(str(tmp_path / "never_trained"), {}) == []

@@ -171,6 +171,11 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     with pytest.raises(SystemExit) as refused:
         cli.grid_main([*argv[:-2], "--transfer_source", "unlabelled"])
     assert "--transfer_source 'augment' there, 'unlabelled' now" in str(refused.value.code)
+    # So would other step budgets: the grid's scale is chosen once (the smoke profile has no time target: 1).
+    assert "Step budgets: the smoke profile's x 1 (auto: this profile has no time target)." in tables
+    with pytest.raises(SystemExit) as refused:
+        cli.grid_main([*argv, "--budget_scale", "2"])
+    assert "trained with --budget_scale 1 (budget.json)" in str(refused.value.code)
     # A folder written before seeds had their own pre-training shared it: its grid.json does not say so.
     settings = json.loads((out / "grid.json").read_text())
     (out / "grid.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "shared_pretraining"}))

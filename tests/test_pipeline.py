@@ -126,10 +126,16 @@ def test_prepare_folder_then_pipeline_on_own_images(tmp_path):
     out = tmp_path / "run"
     # No pre-training: the folder bundles' pretrain stage is the dataset-bundle tests'; the demo pipeline
     # test covers the pre-training stages end to end.
-    pipeline("--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--out", str(out), "--method", "scratch")
+    pipeline("--dataset", "folder", "--data_dir", str(tmp_path / "data"), "--out", str(out), "--method", "scratch",
+             "--budget_scale", "2")
     metrics = json.load(open(out / "metrics.json"))
     assert set(metrics["student"]["per_class"]) == {"cyst", "tumour"}
     assert (out / "predictions.png").stat().st_size > 1000
+    # --budget_scale doubled the teacher's and the student's step caps (the smoke profile's 2), and says so.
+    for stage in ("teacher", "student_scratch"):
+        assert json.load(open(out / stage / "done.json"))["overrides"]["steps"] == 4
+    assert json.load(open(out / "budget.json")) == {"scale": 2.0, "how": "given"}
+    assert "Step budgets: the smoke profile's x 2 (--budget_scale given)." in (out / "summary.md").read_text()
 
 
 def test_a_stage_whose_weights_were_overwritten_is_trained_again(tmp_path, monkeypatch):

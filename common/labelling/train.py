@@ -85,6 +85,7 @@ class TskdStudentTrain(TrainTask):
             run_pipeline(RunConfig(dataset=self.dataset, data_dir=data_dir, method=self.method, profile=profile,
                                    image_size=self.overrides.get("image_size", 0),
                                    fpn=self.overrides.get("fpn", RunConfig.fpn),
+                                   budget_scale=1.0,  # the rounds' fine-tunings train the profile's own budget too
                                    out=os.path.join(root, "pipeline")))
             student_root = os.path.join(root, "pipeline", f"student_{self.method}")
         else:

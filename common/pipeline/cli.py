@@ -25,6 +25,10 @@ TRANSFER_HELP = ("(default: the profile's) synth: DDPM samples (the paper); augm
                  "--labels) and their affine views")
 FPN_HELP = ("the student's pyramid: skip (default: the light pyramid + a convolutional stem joined at full "
             "resolution), light (cheaper than its encoder) or the paper's")
+BUDGET_HELP = ("multiply the teacher's and the students' step caps (the reference's too) by this; auto (default): "
+               "time a few steps here and take the largest of 1, 1.5, 2 that keeps the quick main job within its "
+               "15 min (1 for profiles without a time target); 1: the profile's own budgets. Recorded in OUT/budget.json "
+               "and reused when the run goes on")
 ISOLATE_HELP = ("run each stage in its own process (python -m monai.bundle run), so that a crash of one stage "
                 "cannot take this command down; default: in this process")
 
@@ -63,6 +67,7 @@ def _shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--image_size", type=int, default=0, help="input size for every stage (default: the bundle's)")
     parser.add_argument("--isolate_stages", action="store_true", help=ISOLATE_HELP)
+    parser.add_argument("--budget_scale", default="auto", help=BUDGET_HELP)
 
 
 def run_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ import os
 from common.data import check_unlabelled_folder, load_datalist, prepare_demo, read_datalist_info, validation_items
 from common.errors import TskdError
 from common.models import checkpoint_num_heads, load_state_file
-from common.pipeline.profiles import METHODS, PROFILES
+from common.pipeline.budget_scale import parse_budget_scale
+from common.pipeline.profiles import METHODS, PROFILES, stage_budget
 from common.provenance import check_writable
 from common.settings import LITEMEDSAM_MULTIPLE, PATCH, check_image_size, check_labels
 
@@ -53,6 +54,7 @@ class RunConfig:
     num_heads: int = 0
     seed: int = 1234
     image_size: int = 0
+    budget_scale: float | str = "auto"
     out: str = "runs/demo"
 
     def replace(self, **changes) -> "RunConfig":
@@ -61,6 +63,14 @@ class RunConfig:
     @property
     def profile_settings(self) -> dict:
         return PROFILES[self.profile]
+
+    def stage_budget(self, stage: str) -> dict:
+        """The profile's budget of ``stage`` (``teacher``, ``student``, ...) at this run's ``budget_scale``, which
+        the run resolves before its first stage (``auto``: common.pipeline.budget_scale)."""
+        if self.budget_scale == "auto":
+            raise RuntimeError("budget_scale 'auto' is resolved by run_pipeline or the grid before a stage is "
+                               "trained (common.pipeline.budget_scale.resolve_budget_scale); give a number here.")
+        return stage_budget(self.profile_settings, stage, float(self.budget_scale))
 
     def checked(self) -> "RunConfig":
         """This configuration with the profile's defaults filled in, after every check that can be made before
@@ -72,7 +82,7 @@ class RunConfig:
         check_labels(self.labels, "--labels")
         if self.val_labels is not None:
             check_labels(self.val_labels, "--val_labels")
-        config = self
+        config = self.replace(budget_scale=parse_budget_scale(self.budget_scale))
         if config.transfer_source is None:
             config = config.replace(transfer_source=PROFILES[self.profile]["transfer_source"])
         if not config.image_size and config.data_dir is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PROFILES", "PRETRAIN_BATCH", "METHODS", "PRETRAINED", "HEAD_PRETRAINED", "SELF_SUPERVISED",
+__all__ = ["PROFILES", "PRETRAIN_BATCH", "METHODS", "PRETRAINED", "HEAD_PRETRAINED", "SELF_SUPERVISED", "SCALED_STAGES",
            "stage_budget", "pretrain_recipe", "describe_budget"]
 
 # The students' and the reference's budget: 750 steps, stopped when the best of the validation Dice's moving
@@ -30,8 +30,10 @@ MILD_AUGMENTATION = {"rotate": 0.05, "scale": 0.05, "shear": 0.0, "translate": 0
 # bf16 steps (0.76x an fp32 one): 200 fit where 175 fp32 steps did (225 took the job to 15 min 32 s;
 # docs/results/main_job). Over 3 seeds they scored above the 175 fp32 steps in mean, inside the noise (4 of 6 runs
 # higher; docs/results/teacher_bf16); the teacher still ends at or one validation before its cap.
+# ``minutes``: the quick profile's time target for the main job (demo, all labels, 2 CPU cores), which
+# ``--budget_scale auto`` fills on machines faster than the one these budgets were set on.
 PROFILES = {
-    "quick": {"teacher": {"steps": 200, "patience": 3}, "pretrain": {"images": 4000},
+    "quick": {"minutes": 15, "teacher": {"steps": 200, "patience": 3}, "pretrain": {"images": 4000},
               "student": STUDENT_STOP, "epoch_length": 25, "transfer": 160,
               "pretrain_batch": {"tskd": 16, "takd": 16}, "transfer_source": "augment", "augmented": 160,
               "synth": {"steps": 1500, "epoch_length": 100, "image_size": 32, "denoiser_width": 16, "learning_rate": 1e-3,
@@ -53,16 +55,24 @@ METHODS = ("tskd", "takd", "mae", "mocov3", "imagenet_mae", "scratch")
 PRETRAINED = ("mae", "mocov3", "takd", "tskd")
 # Methods whose pre-training trains the student's FPN head (TS-KD's logit term); the others' head is untrained.
 HEAD_PRETRAINED = ("tskd",)
+# The stages whose step cap --budget_scale multiplies (pre-training is budgeted in transfer images, as the paper's
+# equal epochs, and does not stop early).
+SCALED_STAGES = ("teacher", "student")
 # Pre-training methods that are a short override of the pretrain bundle's train.json (configs/<method>.json).
 SELF_SUPERVISED = ("mae", "mocov3")
 
 
-def stage_budget(profile: dict, stage: str) -> dict:
+def stage_budget(profile: dict, stage: str, scale: float = 1.0) -> dict:
     """A stage's overrides from the profile: its budget (``steps`` with ``epoch_length`` and ``patience``, or
-    ``epochs``) and any other setting the profile gives it."""
+    ``epochs``) and any other setting the profile gives it. ``scale`` multiplies the step cap of the stages that
+    stop on a validation plateau (teacher and student, whose budget the reference shares), rounded to whole epochs
+    (``--budget_scale``, common.pipeline.budget_scale)."""
     budget = dict(profile[stage])
     if budget.get("steps"):
         budget.update(epoch_length=profile["epoch_length"], patience=budget.get("patience", 0))
+        if stage in SCALED_STAGES and scale != 1:
+            steps = budget["steps"] * scale
+            budget["steps"] = max(1, round(steps / budget["epoch_length"])) * budget["epoch_length"]
     return budget
 
 

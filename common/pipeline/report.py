@@ -71,7 +71,7 @@ def teacher_check(teacher_root: str, students: dict[str, str]) -> list[str]:
             continue
         lines.append(f"Student ({name}): best validation Dice {value:.4f} ({trained_line(record)}).")
         lines += still_improving(f"{name} student", record)
-        if value > teacher:
+        if round(value, 4) > round(teacher, 4):  # weaker as the figures show it, not by a rounding's worth
             lines.append(f"**WARNING: the teacher (validation Dice {teacher:.4f}) is weaker than the {name} student "
                          f"({value:.4f}).** Task-specific KD's logit term imitates a teacher worse than the student; "
                          "train the teacher longer before relying on TS-KD.")

@@ -17,6 +17,7 @@ import os
 from common.data import validation_items
 from common.data.figures import save_prediction_grid
 from common.engines.metrics import format_report
+from common.pipeline.budget_scale import describe_scale, resolve_run_budget
 from common.pipeline.config import RunConfig
 from common.pipeline.report import no_teacher_record, teacher_check, teacher_record_root, transfer_report
 from common.pipeline.stages import evaluate_bundle, infer_bundle, student_stages, teacher_stage
@@ -39,6 +40,9 @@ def _run(config: RunConfig, out: str, isolate: bool) -> dict:
     if config.data_dir is None:  # the demo, prepared just now: its splits against the label budgets
         config.check_dataset(data_dir)
     teacher_root = os.path.join(out, "teacher")
+    budget = resolve_run_budget(config, data_dir, out, earlier=os.path.isfile(os.path.join(teacher_root, "done.json")))
+    config = config.replace(budget_scale=budget["scale"])
+    print(f"=== {describe_scale(budget, config.profile)}", flush=True)
     teacher_ckpt, teacher_key = teacher_stage(config, data_dir, teacher_root, isolate=isolate)
     teacher_record = teacher_record_root(config.teacher_checkpoint, teacher_root)
     if config.method == "tskd":  # the one method that learns from the trained teacher
@@ -58,7 +62,8 @@ def _run(config: RunConfig, out: str, isolate: bool) -> dict:
             f"student ({config.method})": infer_bundle(config.dataset, "student", student_root, student["overrides"],
                                                        isolate=isolate)}
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
-    summary = summary_lines(config, data_dir, student["transfer"], teacher_record, student_root, reports)
+    summary = summary_lines(config, data_dir, student["transfer"], teacher_record, student_root, reports,
+                            describe_scale(budget, config.profile))
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(summary))
     print("\n" + "\n".join(summary) + f"\nwritten: {out}/metrics.json, {out}/summary.md, {out}/predictions.png")
@@ -66,11 +71,13 @@ def _run(config: RunConfig, out: str, isolate: bool) -> dict:
 
 
 def summary_lines(config: RunConfig, data_dir: str, transfer: str, teacher_record: str, student_root: str,
-                  reports: dict) -> list[str]:
-    """``summary.md``: what was used, the transfer set, the teacher check and the test metrics."""
+                  reports: dict, budget: str = "") -> list[str]:
+    """``summary.md``: what was used, the transfer set, the teacher check and the test metrics. ``budget``: the
+    line saying which step budgets were trained (``describe_scale``)."""
     lines = [f"# tskd on {config.dataset} ({config.profile} profile, student: {config.method}, seed {config.seed})", "",
              f"Masks used: {config.label_count(data_dir)}.", "",
-             f"Ran on: {machine()} (each stage's done.json names the machine that trained it).", ""]
+             f"Ran on: {machine()} (each stage's done.json names the machine that trained it).", "",
+             *([budget, ""] if budget else [])]
     if not validation_items(os.path.join(data_dir, "datalist.json"), config.val_labels):
         lines += ["No validation images: every stage kept its last epoch's weights (no model selection, no early "
                   "stopping).", ""]

@@ -13,7 +13,7 @@ from common.data.io import record_written
 from common.models import FPN_PRESETS
 from common.pipeline.bundles import bundle_folder, run_bundle
 from common.pipeline.config import RunConfig
-from common.pipeline.profiles import HEAD_PRETRAINED, SELF_SUPERVISED, describe_budget, pretrain_recipe, stage_budget
+from common.pipeline.profiles import HEAD_PRETRAINED, SELF_SUPERVISED, describe_budget, pretrain_recipe
 from common.pipeline.report import transfer_report
 from common.provenance import Artifact, content_key, file_sha256, machine, read_json
 
@@ -87,7 +87,7 @@ def reference_stage(config: RunConfig, data_dir: str, root: str, seed: int, isol
     budget of its profile (made once per settings), then evaluated on the test split; returns its metrics report."""
     base = {**config.base_overrides(data_dir), "seed": seed}
     train_bundle(config.dataset, "reference", root,
-                 {**base, **stage_budget(config.profile_settings, "student"), "labels": config.labels}, isolate=isolate)
+                 {**base, **config.stage_budget("student"), "labels": config.labels}, isolate=isolate)
     return evaluate_bundle(config.dataset, "reference", root, base, isolate=isolate)
 
 
@@ -168,7 +168,7 @@ def teacher_stage(config: RunConfig, data_dir: str, root: str, lora_rank: int | 
         print(f"=== teacher: using the trained teacher {ckpt}", flush=True)
         return ckpt, content_key({"teacher_checkpoint": file_sha256(ckpt)})
     teacher = {**config.base_overrides(data_dir), **config.foundation_overrides(),
-               **stage_budget(config.profile_settings, "teacher"), "labels": config.labels,
+               **config.stage_budget("teacher"), "labels": config.labels,
                **({} if lora_rank is None else {"lora_rank": lora_rank})}
     key = train_bundle(config.dataset, "teacher", root, teacher, isolate=isolate)
     return os.path.join(root, WEIGHTS), key
@@ -206,7 +206,7 @@ def student_stages(config: RunConfig, data_dir: str, out: str, teacher: tuple[st
     """
     teacher_ckpt, teacher_key = teacher
     student_base = student_overrides(config, data_dir)
-    student = {**student_overrides(config, data_dir, student_seed), **stage_budget(config.profile_settings, "student"),
+    student = {**student_overrides(config, data_dir, student_seed), **config.stage_budget("student"),
                "labels": config.labels}
     # What the pyramid's name stands for is part of the stage: a student trained under another definition of
     # "light" is not reused.

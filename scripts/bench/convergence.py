@@ -75,7 +75,7 @@ def train_curve(args, model: str, labels: int, data_dir: str) -> str:
     config = CappedConfig(dataset=args.dataset, data_dir=data_dir, method="scratch" if method == "reference" else method,
                           profile=args.profile, labels=labels, seed=args.seed, out=root, fpn=fpn or "light",
                           transfer_source="augment", cap=args.cap, snapshots=snapshots,
-                          extra=args.overrides)
+                          extra=args.overrides, budget_scale=1.0)
     start = time.time()
     if method == "reference":
         base = config.base_overrides(data_dir)
@@ -114,7 +114,7 @@ def _epoch(path: str) -> int:
 def _teacher(args, labels: int, data_dir: str) -> tuple[str, str]:
     """The distillations' teacher, as the pipeline gets it: ``--teacher_checkpoint``, or trained once into OUT."""
     config = RunConfig(dataset=args.dataset, data_dir=data_dir, profile=args.profile, labels=labels, seed=args.seed,
-                       teacher_checkpoint=args.teacher_checkpoint)
+                       teacher_checkpoint=args.teacher_checkpoint, budget_scale=1.0)
     return teacher_stage(config, data_dir, os.path.join(args.out, f"teacher_labels{labels or 'all'}"))
 
 

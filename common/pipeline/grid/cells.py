@@ -9,6 +9,7 @@ import os
 from common.comparison import REFERENCE, TEACHER
 from common.data import load_datalist, validation_items
 from common.errors import TskdError
+from common.pipeline.budget_scale import describe_scale, resolve_run_budget
 from common.pipeline.bundles import bundle_properties
 from common.pipeline.config import prepared_image_size
 from common.pipeline.grid.records import CellRecords, mlflow_store
@@ -67,11 +68,18 @@ class Grid:
             spec.cell_config("tskd", self.budgets[0], self.transfers[0]).dataset_folder(self.out)
         if not spec.image_size:
             spec.image_size = prepared_image_size(spec.dataset, self.data_dir)
+        earlier = os.path.isfile(os.path.join(self.out, "grid.json"))  # a grid folder from before budget.json
         check_grid_settings(self.out, self.spec)
+        # One step budget for every cell: chosen (or given) once, recorded in OUT/budget.json, kept on resuming.
+        self.budget = resolve_run_budget(spec.cell_config("tskd", self.budgets[0], 0), self.data_dir, self.out,
+                                         earlier=earlier, keep=True, may_measure=not spec.report_only)
+        spec.budget_scale = self.budget["scale"]
+        if not spec.report_only:
+            print(f"=== {describe_scale(self.budget, spec.profile)}", flush=True)
         tracking = mlflow_store(self.out, spec.dataset) if spec.tracking == "mlflow" and not spec.report_only else None
         self.records = CellRecords(self.out, self.n_train, spec.transfer_source, tracking,
                                    {"profile": spec.profile, "dataset": spec.dataset, "fpn": spec.fpn,
-                                    "teacher": spec.teacher})
+                                    "teacher": spec.teacher, "budget_scale": spec.budget_scale})
         self.teachers: dict[str, tuple[str, str, str]] = {}
         self.teacher_digests: dict[str, str] = {}
 

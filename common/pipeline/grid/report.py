@@ -11,6 +11,7 @@ from common.comparison import (METHOD_NAMES, REFERENCE, TEACHER, compare_methods
 from common.data import load_datalist
 from common.data.datalists import class_names
 from common.data.figures import save_prediction_grid
+from common.pipeline.budget_scale import describe_scale
 from common.pipeline.grid.cells import Grid
 from common.pipeline.grid.spec import cell_id
 from common.pipeline.profiles import PRETRAINED
@@ -66,7 +67,7 @@ def header_lines(grid: Grid, rows: list[dict]) -> list[str]:
              "row by a Wilcoxon signed-rank test on per-image mean Dice (a class absent from both prediction and "
              f"ground truth counts as agreement), each method's seeds averaged per image, so n is at most "
              f"{n_test} test images; the p-values of one table are Holm-adjusted together."]
-    lines += ["", machine_line(rows)]
+    lines += ["", machine_line(rows), "", describe_scale(grid.budget, grid.spec.profile)]
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "Cells not in the tables:"] + [f"- {r['method']}, {r['labels']} labels, seed {r['seed']}: "

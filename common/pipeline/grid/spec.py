@@ -45,6 +45,7 @@ class GridSpec:
     val_labels: int | None = None
     fpn: str = "skip"
     image_size: int = 0
+    budget_scale: float | str = "auto"
     denoiser: str = "unet"
     tracking: str = "mlflow"
     qualitative: int = 4
@@ -77,7 +78,7 @@ class GridSpec:
             num_heads=self.num_heads if method in ("imagenet_mae", "scratch") else 0,
             seed=self.seed if seed is None else seed,
             image_size=self.image_size, val_labels=self.val_labels, imagenet_mae_pos_embed=self.imagenet_mae_pos_embed,
-            out=self.out)
+            budget_scale=self.budget_scale, out=self.out)
 
 
 def label_budgets(text: str) -> list[str]:
