@@ -11,8 +11,9 @@ the profile's time").
 ``--budget_scale auto`` (the default) times a few training steps of this run's teacher and student on this machine,
 predicts the main job's time at each scale of ``LADDER`` from ``REFERENCE_RUN`` (a main job whose stage times and
 step times were both measured, on one machine), and takes the largest scale whose prediction stays within
-``SAFETY`` of the target. The teacher's and the students' (and the reference's) step caps are multiplied by it,
-rounded to whole validation epochs; their early stop still ends them on a plateau. A number instead of ``auto``
+``SAFETY`` of the target. The teacher's and the students' step caps are multiplied by it, rounded to whole
+validation epochs; their early stop still ends them on a plateau. The DynUNet reference keeps x1
+(``common.pipeline.stages.reference_stage`` says why). A number instead of ``auto``
 multiplies the caps as given (1: the profile's own budgets, as in every result before 2026-12-06). A profile
 without a time target (``paper`` counts epochs; ``smoke``) takes 1 for ``auto``.
 

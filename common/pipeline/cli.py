@@ -25,7 +25,7 @@ TRANSFER_HELP = ("(default: the profile's) synth: DDPM samples (the paper); augm
                  "--labels) and their affine views")
 FPN_HELP = ("the student's pyramid: skip (default: the light pyramid + a convolutional stem joined at full "
             "resolution), light (cheaper than its encoder) or the paper's")
-BUDGET_HELP = ("multiply the teacher's and the students' step caps (the reference's too) by this; auto (default): "
+BUDGET_HELP = ("multiply the teacher's and the students' step caps by this (the reference keeps x1); auto (default): "
                "time a few steps here and take the largest of 1, 1.5, 2 that keeps the quick main job within its "
                "15 min (1 for profiles without a time target); 1: the profile's own budgets. Recorded in OUT/budget.json "
                "and reused when the run goes on")

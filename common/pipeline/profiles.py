@@ -65,7 +65,7 @@ SELF_SUPERVISED = ("mae", "mocov3")
 def stage_budget(profile: dict, stage: str, scale: float = 1.0) -> dict:
     """A stage's overrides from the profile: its budget (``steps`` with ``epoch_length`` and ``patience``, or
     ``epochs``) and any other setting the profile gives it. ``scale`` multiplies the step cap of the stages that
-    stop on a validation plateau (teacher and student, whose budget the reference shares), rounded to whole epochs
+    stop on a validation plateau (teacher and student; the reference takes the student's at x1), rounded to whole epochs
     (``--budget_scale``, common.pipeline.budget_scale)."""
     budget = dict(profile[stage])
     if budget.get("steps"):
