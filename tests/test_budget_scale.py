@@ -114,7 +114,7 @@ def test_a_run_config_s_budget_must_be_resolved_before_a_stage_uses_it():
 
 
 def test_the_reference_keeps_the_profile_s_own_budget_whatever_the_scale(monkeypatch, tmp_path):
-    """At x1.5 the DynUNet reference scored lower than at x1 in every demo cell measured: the scale must not
+    """At x1.5 the DynUNet reference scored lower than at x1 in 5 of 6 demo cells: the scale must not
     weaken the bar (the students' budget scales, the reference's does not)."""
     from common.pipeline import stages
     from common.pipeline.config import RunConfig

@@ -85,9 +85,9 @@ def infer_bundle(dataset: str, stage: str, root: str, overrides: dict, isolate: 
 def reference_stage(config: RunConfig, data_dir: str, root: str, seed: int, isolate: bool = False) -> dict:
     """The DynUNet reference (nnU-Net's 2D recipe) trained into ``root`` on ``config``'s labels with the student's
     budget of its profile at x1 whatever ``budget_scale`` (made once per settings), then evaluated on the test
-    split; returns its metrics report. At x1.5 the reference scored lower than at x1 in every cell measured (demo,
-    5 / 10 / all labels, seeds 1234 and 1235: docs/results/demo_grid_x15), so the longer cap would weaken the bar
-    the students are compared with."""
+    split; returns its metrics report. At x1.5 the reference scored lower than at x1 in 5 of the 6 cells measured
+    (demo, 5 / 10 / all labels, seeds 1234 and 1235, mean -0.033: docs/results/demo_grid_x15), so the longer cap
+    would weaken the bar the students are compared with."""
     base = {**config.base_overrides(data_dir), "seed": seed}
     train_bundle(config.dataset, "reference", root,
                  {**base, **stage_budget(config.profile_settings, "student"), "labels": config.labels}, isolate=isolate)
