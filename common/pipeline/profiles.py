@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["PROFILES", "PRETRAIN_BATCH", "METHODS", "PRETRAINED", "HEAD_PRETRAINED", "SELF_SUPERVISED", "SCALED_STAGES",
-           "stage_budget", "pretrain_recipe", "describe_budget"]
+__all__ = ["PROFILES", "PRETRAIN_BATCH", "METHODS", "PRETRAINED", "HEAD_PRETRAINED", "SELF_SUPERVISED",
+           "SCALED_STAGES", "stage_budget", "pretrain_recipe", "describe_budget"]
 
 # The students' and the reference's budget: 750 steps, stopped when the best of the validation Dice's moving
 # average (weight 0.5) is older than max(3 validations, half the run). Replayed on 10 measured curves to 750 steps
@@ -65,8 +65,8 @@ SELF_SUPERVISED = ("mae", "mocov3")
 def stage_budget(profile: dict, stage: str, scale: float = 1.0) -> dict:
     """A stage's overrides from the profile: its budget (``steps`` with ``epoch_length`` and ``patience``, or
     ``epochs``) and any other setting the profile gives it. ``scale`` multiplies the step cap of the stages that
-    stop on a validation plateau (teacher and student; the reference takes the student's at x1), rounded to whole epochs
-    (``--budget_scale``, common.pipeline.budget_scale)."""
+    stop on a validation plateau (teacher and student; the reference takes the student's at x1), rounded to whole
+    epochs (``--budget_scale``, common.pipeline.budget_scale)."""
     budget = dict(profile[stage])
     if budget.get("steps"):
         budget.update(epoch_length=profile["epoch_length"], patience=budget.get("patience", 0))

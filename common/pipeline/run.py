@@ -42,7 +42,8 @@ def _run(config: RunConfig, out: str, isolate: bool) -> dict:
     teacher_root = os.path.join(out, "teacher")
     budget = resolve_run_budget(config, data_dir, out, earlier=os.path.isfile(os.path.join(teacher_root, "done.json")))
     config = config.replace(budget_scale=budget["scale"])
-    print(f"=== {describe_scale(budget, config.profile)}", flush=True)
+    budget_line = describe_scale(budget, config.profile)
+    print(f"=== {budget_line}", flush=True)
     teacher_ckpt, teacher_key = teacher_stage(config, data_dir, teacher_root, isolate=isolate)
     teacher_record = teacher_record_root(config.teacher_checkpoint, teacher_root)
     if config.method == "tskd":  # the one method that learns from the trained teacher
@@ -63,7 +64,7 @@ def _run(config: RunConfig, out: str, isolate: bool) -> dict:
                                                        isolate=isolate)}
     save_prediction_grid(os.path.join(data_dir, "datalist.json"), grid, os.path.join(out, "predictions.png"))
     summary = summary_lines(config, data_dir, student["transfer"], teacher_record, student_root, reports,
-                            describe_scale(budget, config.profile))
+                            budget_line)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(summary))
     print("\n" + "\n".join(summary) + f"\nwritten: {out}/metrics.json, {out}/summary.md, {out}/predictions.png")

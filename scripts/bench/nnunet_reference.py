@@ -76,7 +76,7 @@ def main() -> None:
     for i, budget in enumerate(b.strip() for b in args.labels.split(",")):
         labels = 0 if budget == "all" else int(budget)
         config = RunConfig(dataset=args.dataset, data_dir=data_dir, method="scratch", profile=args.profile,
-                           labels=labels, seed=args.seed, out=out, budget_scale=1.0)
+                           labels=labels, seed=args.seed, out=out)
         root = os.path.join(out, "reference", f"labels{budget}_seed{args.seed}")
         start = time.time()
         reference = reference_stage(config, data_dir, root, args.seed)
