@@ -176,6 +176,15 @@ def test_grid_resumes_after_an_interrupted_cell_and_writes_tables_and_plots(demo
     with pytest.raises(SystemExit) as refused:
         cli.grid_main([*argv, "--budget_scale", "2"])
     assert "trained with --budget_scale 1 (budget.json)" in str(refused.value.code)
+    assert "the DynUNet reference kept" not in tables  # at x 1 every row has the profile's caps
+    # At another scale the tables say that the reference kept the profile's caps (reference_stage's x 1).
+    budget = (out / "budget.json").read_text()
+    (out / "budget.json").write_text(json.dumps({"scale": 1.5, "how": "given"}))
+    cli.grid_main([*argv, "--report_only"])
+    assert ("Step budgets: the smoke profile's x 1.5 (--budget_scale given). The teacher and the students trained "
+            "x 1.5 of their caps; the DynUNet reference kept the profile's own (x 1)") in (out / "tables.md").read_text()
+    (out / "budget.json").write_text(budget)
+    (out / "tables.md").write_text(tables)
     # A folder written before seeds had their own pre-training shared it: its grid.json does not say so.
     settings = json.loads((out / "grid.json").read_text())
     (out / "grid.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "shared_pretraining"}))

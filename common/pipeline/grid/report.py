@@ -67,12 +67,22 @@ def header_lines(grid: Grid, rows: list[dict]) -> list[str]:
              "row by a Wilcoxon signed-rank test on per-image mean Dice (a class absent from both prediction and "
              f"ground truth counts as agreement), each method's seeds averaged per image, so n is at most "
              f"{n_test} test images; the p-values of one table are Holm-adjusted together."]
-    lines += ["", machine_line(rows), "", describe_scale(grid.budget, grid.spec.profile)]
+    lines += ["", machine_line(rows), "", describe_scale(grid.budget, grid.spec.profile)
+              + reference_budget_note(grid.budget["scale"], grid.spec.no_reference)]
     failed = [r for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", "Cells not in the tables:"] + [f"- {r['method']}, {r['labels']} labels, seed {r['seed']}: "
                                                     f"{r['status']} ({r['error']})" for r in failed]
     return lines
+
+
+def reference_budget_note(scale: float, no_reference: bool) -> str:
+    """The reference row's budget when the grid's scale is not 1: it trains the profile's own cap (see
+    ``stages.reference_stage``), so a reader must not take it for the scaled one of the other rows."""
+    if scale == 1 or no_reference:
+        return ""
+    return (f" The teacher and the students trained x {scale:g} of their caps; the DynUNet reference kept the "
+            "profile's own (x 1), whatever the scale, since its Dice fell with a longer cap.")
 
 
 def machine_line(rows: list[dict]) -> str:
