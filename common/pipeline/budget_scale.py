@@ -3,9 +3,9 @@
 The quick profile gives the teacher and the students step budgets that keep the main job (demo, all labels) under
 its time target, ``minutes`` (15), on the slowest 2-core CPU this project has timed it on. CPUs differ by more than
 two times in these steps (the quick main job's teacher trained at 1.8 s a step, validation included, on one
-2-core AMD EPYC and at 1.0 s on another), so on a faster machine the fixed budgets leave most of the target unused while the stages still end at or near
-their cap (issue 20: "no stage may end with its best validation at the last step while a longer budget still fits
-the profile's time").
+2-core AMD EPYC and at 1.0 s on another), so on a faster machine the fixed budgets leave most of the target unused
+while the stages still end at or near their cap (issue 20: "no stage may end with its best validation at the last
+step while a longer budget still fits the profile's time").
 
 ``--budget_scale auto`` (the default) times a few training steps of this run's teacher and student on this machine,
 predicts the main job's time at each scale of ``LADDER`` from ``REFERENCE_RUN`` (a main job whose stage times and
@@ -13,7 +13,8 @@ step times were both measured, on one machine), and takes the largest scale whos
 ``SAFETY`` of the target. The teacher's and the students' step caps are multiplied by it, rounded to whole
 validation epochs; their early stop still ends them on a plateau. The DynUNet reference keeps x1
 (``common.pipeline.stages.reference_stage`` says why). A number instead of ``auto`` multiplies the caps as given
-(1: the profile's own budgets, as in every result before 2026-12-06). A profile without a time target (``paper`` counts epochs; ``smoke``) takes 1 for ``auto``.
+(1: the profile's own budgets, as in every result before 2026-12-06). A profile without a time target (``paper``
+counts epochs; ``smoke``) takes 1 for ``auto``.
 
 The chosen scale, with the step times and the predictions it came from, is written to ``budget.json`` in the run
 folder (or the grid's folder), reused by a later run into that folder (so a resumed run trains the same

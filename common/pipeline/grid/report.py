@@ -16,7 +16,7 @@ from common.pipeline.grid.cells import Grid
 from common.pipeline.grid.spec import cell_id
 from common.pipeline.profiles import PRETRAINED
 from common.pipeline.report import teacher_check, transfer_report
-from common.pipeline.stages import WEIGHTS, stage_overrides, student_overrides
+from common.pipeline.stages import REFERENCE_BUDGET_SCALE, WEIGHTS, stage_overrides, student_overrides
 from common.provenance import read_json
 
 __all__ = ["write_report", "qualitative"]
@@ -77,12 +77,13 @@ def header_lines(grid: Grid, rows: list[dict]) -> list[str]:
 
 
 def reference_budget_note(scale: float, no_reference: bool) -> str:
-    """The reference row's budget when the grid's scale is not 1: it trains the profile's own cap (see
-    ``stages.reference_stage``), so a reader must not take it for the scaled one of the other rows."""
-    if scale == 1 or no_reference:
+    """The reference row's budget when it differs from the grid's scale: the reference trains at
+    ``REFERENCE_BUDGET_SCALE`` (see ``stages.reference_stage``), so a reader must not take it for the scaled one
+    of the other rows."""
+    if scale == REFERENCE_BUDGET_SCALE or no_reference:
         return ""
     return (f" The teacher and the students trained x {scale:g} of their caps; the DynUNet reference kept the "
-            "profile's own (x 1), whatever the scale, since its Dice fell with a longer cap.")
+            f"profile's own (x {REFERENCE_BUDGET_SCALE:g}), whatever the scale, since its Dice fell with a longer cap.")
 
 
 def machine_line(rows: list[dict]) -> str:
